@@ -1,0 +1,30 @@
+"""netvlad: NetVLAD visual place recognition in PyTorch.
+
+The public API is re-exported lazily so that ``import netvlad`` stays cheap and touches no file.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "create_model": "netvlad.models",
+    "load_model": "netvlad.models",
+    "save_model": "netvlad.models",
+    "list_presets": "netvlad.models",
+    "PlaceModel": "netvlad.models",
+    "NetVLAD": "netvlad.layers",
+    "compute_representation": "netvlad.extract",
+    "load_dataset": "netvlad.data",
+    "PlaceDataset": "netvlad.data",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'netvlad' has no attribute {name!r}")

@@ -1,0 +1,3 @@
+from netvlad.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,7 @@
+"""CLI commands: models (filled by its issue)."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    """Add this module's sub-commands to `sub` (an argparse subparsers action)."""
