@@ -1,0 +1,90 @@
+"""VGG-16 / VGG-19 trunks with MatConvNet layer names and torchvision state-dict keys.
+
+Simonyan & Zisserman 2015 (MatConvNet ``imagenet-vgg-verydeep-16/19``, the paper's ``vd16``/``vd19``).
+``features`` is an ``nn.Sequential`` indexed exactly like torchvision's ``vgg16().features`` so a
+torchvision ``vgg16-397923af.pth`` loads (``features.0.weight`` ... ``features.28.bias``; the
+``classifier.*`` keys are ignored). The default crop ``conv5_3`` keeps the conv but not
+``relu5_3``: NetVLAD sees pre-ReLU responses, as in the original and its TF port (spec §0).
+Max pooling is 2×2/2 in floor mode (MatConvNet pads are 0; spec §1.2).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from .base import IMAGENET_PREPROCESS, MATCONVNET_PREPROCESS, Backbone, download_state_dict
+
+__all__ = ["VGG", "VGG_CONFIGS", "vgg_layer_names"]
+
+#: convs per block (64, 128, 256, 512, 512 channels), as torchvision's configs "D" and "E".
+VGG_CONFIGS = {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
+_WIDTHS = (64, 128, 256, 512, 512)
+_URLS = {
+    "vgg16": "https://download.pytorch.org/models/vgg16-397923af.pth",
+    "vgg19": "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
+}
+
+
+def vgg_layer_names(arch: str) -> list[str]:
+    """MatConvNet names in ``features`` index order: conv1_1, relu1_1, conv1_2, relu1_2, pool1, ..."""
+    names = []
+    for b, n in enumerate(VGG_CONFIGS[arch], start=1):
+        for i in range(1, n + 1):
+            names += [f"conv{b}_{i}", f"relu{b}_{i}"]
+        names.append(f"pool{b}")
+    return names
+
+
+class VGG(Backbone):
+    """VGG-16/19 cropped at a MatConvNet layer name (default ``conv5_3`` / ``conv5_4``, before the ReLU).
+
+    ``default_preprocess`` is MatConvNet's (0–255 RGB minus the mean pixel, no std), which the
+    Caffe/MatConvNet weights expect. torchvision's weights (``weights="imagenet"``) are a different
+    training run expecting ImageNet mean/std on 0–1; after ``load_weights("imagenet")`` the
+    attribute switches to that. For a torchvision *file* passed as ``weights=FILE`` set the
+    model's preprocessing to the ImageNet style yourself.
+    """
+
+    def __init__(self, arch: str = "vgg16", crop: str | None = None) -> None:
+        if arch not in VGG_CONFIGS:
+            raise ValueError(f"unknown VGG {arch!r}; choose one of: {', '.join(VGG_CONFIGS)}")
+        super().__init__(
+            crop,
+            name=arch,
+            layer_names=vgg_layer_names(arch),
+            default_crop="conv5_3" if arch == "vgg16" else "conv5_4",
+            default_preprocess=MATCONVNET_PREPROCESS,
+        )
+        layers: list[nn.Module] = []
+        in_ch = 3
+        for layer in self.kept_layer_names:
+            if layer.startswith("conv"):
+                out_ch = _WIDTHS[int(layer[4]) - 1]
+                layers.append(nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1))
+                in_ch = out_ch
+            elif layer.startswith("relu"):
+                layers.append(nn.ReLU(inplace=True))
+            else:
+                layers.append(nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=False))
+        self.features = nn.Sequential(*layers)
+        for m in self.features.modules():
+            if isinstance(m, nn.Conv2d):
+                # torchvision's VGG init; the caller seeds torch.
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+        self._finish_init()
+
+    def _layer_modules(self) -> list[tuple[str, list[nn.Module]]]:
+        return [(n, [m]) for n, m in zip(self.kept_layer_names, self.features)]
+
+    def _imagenet_state_dict(self) -> dict[str, Tensor]:
+        return download_state_dict(_URLS[self.name], self.name)
+
+    def load_weights(self, weights) -> None:
+        super().load_weights(weights)
+        if str(weights) == "imagenet":
+            self.default_preprocess = dict(IMAGENET_PREPROCESS)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """B×3×H×W (MatConvNet-normalised) -> B×C×h×w, h = floor-pooled H/16 at conv5_x."""
+        return self.features(x)
