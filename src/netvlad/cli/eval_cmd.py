@@ -1,7 +1,319 @@
-"""CLI commands: eval (filled by its issue)."""
+"""``netvlad evaluate``, ``netvlad plot`` and ``netvlad benchmark retrieval``."""
 
 from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from netvlad.cli import CLIError
+
+log = logging.getLogger(__name__)
 
 
 def register(sub) -> None:
     """Add this module's sub-commands to `sub` (an argparse subparsers action)."""
+    from netvlad.metrics import DEFAULT_NS
+
+    p = sub.add_parser(
+        "evaluate",
+        help="recall@N of feature files on a place-recognition dataset",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="recall@N exactly as the original testFromFn: exact L2 ranking of L2-normalised\n"
+        "descriptors, a hit when any database image within the positive radius (25 m) is in the top N,\n"
+        "every query in the denominator (no positive = failure), the dataset's rules applied (Tokyo 24/7\n"
+        "panorama de-duplication, TokyoTM same-timestamp exclusion) and a per-condition breakdown when\n"
+        "the dataset labels its queries (Tokyo 24/7 day/sunset/night).",
+        epilog="examples:\n"
+        "  netvlad evaluate --dataset pitts30k_test.mat --db f_db.h5 --queries f_query.h5\n"
+        "  netvlad evaluate --dataset tokyo247.mat --db f_db.h5 --queries f_query.h5 --crop-dim 256 \\\n"
+        "      --report tokyo.json --plot tokyo.png",
+    )
+    p.add_argument(
+        "--dataset", metavar="SPEC", required=True, help="dataset file or folder (any supported format)"
+    )
+    p.add_argument("--db", metavar="FEATS", type=Path, required=True, help="database feature file")
+    p.add_argument(
+        "--queries",
+        metavar="FEATS",
+        type=Path,
+        help="query feature file (default: the query names are looked up in --db)",
+    )
+    p.add_argument(
+        "--ns",
+        type=int,
+        nargs="+",
+        default=DEFAULT_NS,
+        metavar="N",
+        help="the Ns of recall@N (default: 1-5, 10-100 step 5)",
+    )
+    p.add_argument(
+        "--crop-dim",
+        type=int,
+        metavar="D",
+        help="keep the first D dimensions and re-normalise (after PCA whitening)",
+    )
+    p.add_argument("--sample", type=int, metavar="N", help="evaluate N queries drawn with seed 43")
+    p.add_argument("--report", type=Path, metavar="R.json", help="write summary + per-query ranks and hits")
+    p.add_argument("--plot", type=Path, metavar="R.png", help="write the recall@N curve")
+    p.add_argument("--label", help="curve/report label (default: the dataset name and db file name)")
+    p.set_defaults(func=run_evaluate)
+
+    p = sub.add_parser(
+        "plot",
+        help="recall@N curves of several evaluate reports on one plot",
+        description="Plot the recall@N curves of reports written by `netvlad evaluate --report`.",
+        epilog="example:\n  netvlad plot a.json b.json --out curves.png",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("reports", nargs="+", type=Path, metavar="REPORT.json")
+    p.add_argument("--out", type=Path, required=True, metavar="P.png")
+    p.add_argument("--title", default="recall@N")
+    p.set_defaults(func=run_plot)
+
+    p = sub.add_parser("benchmark", help="image-retrieval benchmarks (mAP)")
+    bsub = p.add_subparsers(dest="benchmark_command", metavar="KIND", required=True)
+    r = bsub.add_parser(
+        "retrieval",
+        help="Oxford 5k / Paris 6k / Holidays / revisited Oxford, Paris mAP of MODEL",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Extract descriptors with MODEL and compute mAP (trapezoidal AP) as demoRetrieval:\n"
+        "Oxford/Paris positives good+ok, junk ignored, `crop` queries (ROI grown by half the receptive\n"
+        "field, 98 px for VGG-16) or `full`; Holidays query excluded, images downscaled to <=1024x768;\n"
+        "revisited Oxford/Paris Easy/Medium/Hard.\n\n"
+        "Root layouts: Oxford/Paris ROOT/images + ROOT/groundtruth; Holidays ROOT/jpg (or jpg_rotated\n"
+        "with --rot); revisited ROOT/gnd_<name>.pkl + ROOT/jpg.",
+        epilog="example:\n  netvlad benchmark retrieval --dataset oxford5k --root /data/oxford5k \\\n"
+        "      vgg16-netvlad.pt --dims 4096 256",
+    )
+    r.add_argument("model", metavar="MODEL", help="preset name or checkpoint path")
+    r.add_argument(
+        "--dataset", required=True, choices=("oxford5k", "paris6k", "holidays", "roxford5k", "rparis6k")
+    )
+    r.add_argument("--root", type=Path, required=True, metavar="DIR")
+    mode = r.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--crop", dest="crop", action="store_true", default=True, help="cropped queries (default)"
+    )
+    mode.add_argument("--full", dest="crop", action="store_false", help="full-image queries")
+    r.add_argument("--rot", action="store_true", help="Holidays: the manually rotated images (jpg_rotated/)")
+    r.add_argument(
+        "--dims",
+        type=int,
+        nargs="+",
+        metavar="D",
+        help="dimensions to report (default: the full dimension and 256)",
+    )
+    r.add_argument("--batch-size", type=int, default=1, help="images per batch (default 1, as the original)")
+    r.add_argument("--device", default="cpu")
+    r.add_argument("--report", type=Path, metavar="R.json")
+    r.add_argument("--no-progress", action="store_true")
+    r.set_defaults(func=run_benchmark)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def align_features(path: Path, wanted: list[str], role: str) -> tuple[np.ndarray, dict]:
+    """Rows of the feature file ``path`` in the order of ``wanted`` names (clear error when missing).
+
+    NaN rows (images skipped as bad during extraction) become zero vectors, with a warning.
+    """
+    from netvlad.io import read_features
+
+    names, desc, attrs = read_features(path)
+    if names == wanted:
+        rows = desc
+    else:
+        pos = {n: i for i, n in enumerate(names)}
+        missing = [n for n in wanted if n not in pos]
+        if missing:
+            raise CLIError(
+                f"{path}: {len(missing)} of the dataset's {len(wanted)} {role} images are not in the "
+                f"feature file, e.g. {', '.join(missing[:5])}"
+            )
+        rows = desc[[pos[n] for n in wanted]]
+    bad = ~np.isfinite(rows).all(axis=1)
+    if bad.any():
+        log.warning(
+            "%s: %d %s descriptors are NaN (bad images); they count as zero vectors", path, bad.sum(), role
+        )
+        rows = np.where(bad[:, None], 0.0, rows).astype(np.float32)
+    return np.asarray(rows, dtype=np.float32), attrs
+
+
+def build_report(res: dict, ds, label: str, db_path: Path, q_path: Path | None) -> dict:
+    """JSON-ready report: summary first, then one row per evaluated query (deterministic order)."""
+    ns = res["ns"]
+    report = {
+        "label": label,
+        "dataset": res.get("dataset"),
+        "db_features": str(db_path),
+        "query_features": str(q_path if q_path is not None else db_path),
+        "num_db": res["num_db"],
+        "num_queries": res["num_queries"],
+        "dim": res["dim"],
+        "crop_dim": res["crop_dim"],
+        "sample": res["sample"],
+        "seed": res["seed"],
+        "ns": ns,
+        "recall": {str(n): res["recall"][n] for n in ns},
+    }
+    if "by_condition" in res:
+        report["by_condition"] = {
+            c: {"num_queries": v["num_queries"], "recall": {str(n): v["recall"][n] for n in ns}}
+            for c, v in res["by_condition"].items()
+        }
+    rows = []
+    for j, qi in enumerate(res["query_indices"]):
+        first = int(res["first_hit"][j])
+        row = {
+            "query": ds.query_images[int(qi)],
+            "index": int(qi),
+            "rank": first + 1 if first >= 0 else None,
+            "num_positives": int(res["num_positives"][j]),
+            "hits": [int(h) for h in res["hits"][j]],
+            "top": [ds.db_images[int(t)] for t in res["top"][j] if t >= 0],
+        }
+        if "conditions" in res:
+            row["condition"] = res["conditions"][j]
+        rows.append(row)
+    report["queries"] = rows
+    return report
+
+
+def format_recall_table(recall: dict, by_condition: dict | None = None) -> str:
+    """Plain-text table: one row per N, a column per condition."""
+    cols = ["all", *(by_condition or {})]
+    lines = ["     N " + "".join(f"{c:>9}" for c in cols)]
+    for n in recall:
+        vals = [recall[n], *(by_condition[c]["recall"][n] for c in cols[1:])] if by_condition else [recall[n]]
+        lines.append(f"{n:>6} " + "".join(f"{100 * v:>8.2f}%" for v in vals))
+    return "\n".join(lines)
+
+
+def plot_curves(curves: list[tuple[str, list[int], list[float]]], out: Path, title: str = "recall@N") -> Path:
+    """Write recall@N curves (label, Ns, fractions) to a PNG with matplotlib's Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
+    for label, ns, vals in curves:
+        ax.plot(ns, [100 * v for v in vals], marker="o", markersize=3, label=label)
+    ax.set_xlabel("N (number of top retrieved database images)")
+    ax.set_ylabel("recall@N (%)")
+    ax.set_title(title)
+    ax.set_ylim(0, 100)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}{out.suffix or '.png'}")
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, out)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def run_evaluate(args) -> int:
+    """`netvlad evaluate`."""
+    from netvlad.data import load_dataset
+    from netvlad.metrics import evaluate_dataset
+
+    if any(n < 1 for n in args.ns):
+        raise CLIError(f"--ns must be positive, got {args.ns}")
+    if args.sample is not None and args.sample < 1:
+        raise CLIError(f"--sample must be ≥ 1, got {args.sample}")
+    ds = load_dataset(args.dataset)
+    db, _ = align_features(args.db, list(ds.db_images), "database")
+    q, _ = align_features(args.queries or args.db, list(ds.query_images), "query")
+    if db.shape[1] != q.shape[1]:
+        raise CLIError(f"{args.db} has {db.shape[1]}-D descriptors but {args.queries} has {q.shape[1]}-D")
+    res = evaluate_dataset(ds, db, q, ns=args.ns, crop_dim=args.crop_dim, sample=args.sample)
+    label = args.label or f"{ds.name} ({args.db.name}{f', {args.crop_dim}-D' if args.crop_dim else ''})"
+    print(f"{label}: {res['num_queries']} queries, {res['num_db']} database images, {res['dim']}-D")
+    print(format_recall_table(res["recall"], res.get("by_condition")))
+    if args.report:
+        report = build_report(res, ds, label, args.db, args.queries)
+        _write_atomic(args.report, json.dumps(report, indent=1) + "\n")
+        print(f"report: {args.report}")
+    if args.plot:
+        plot_curves([(label, res["ns"], [res["recall"][n] for n in res["ns"]])], args.plot)
+        print(f"plot: {args.plot}")
+    return 0
+
+
+def run_plot(args) -> int:
+    """`netvlad plot`."""
+    curves = []
+    for path in args.reports:
+        try:
+            rep = json.loads(path.read_text())
+            recall = rep["recall"]
+            ns = sorted(int(n) for n in recall)
+            curves.append((rep.get("label") or path.stem, ns, [float(recall[str(n)]) for n in ns]))
+        except FileNotFoundError as exc:
+            raise CLIError(f"{path}: report not found") from exc
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise CLIError(f"{path}: not an evaluate report (needs a 'recall' object): {exc}") from exc
+    plot_curves(curves, args.out, args.title)
+    print(f"plot: {args.out}")
+    return 0
+
+
+def run_benchmark(args) -> int:
+    """`netvlad benchmark retrieval`."""
+    from netvlad.models import load_model
+    from netvlad.retrieval import benchmark_retrieval
+
+    model = load_model(args.model, device=args.device)
+    dims = args.dims or [None, 256]
+    res = benchmark_retrieval(
+        model,
+        args.dataset,
+        args.root,
+        crop=args.crop,
+        dims=dims,
+        rotated=args.rot,
+        batch_size=args.batch_size,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    print(
+        f"{res['benchmark']} ({res['queries']} queries): {res['num_queries']} queries, {res['num_db']} images"
+    )
+    protocols = list(next(iter(res["results"].values()))["protocols"])
+    print("   dim " + "".join(f"{p:>10}" for p in protocols) + "   (mAP %)")
+    for dim, r in res["results"].items():
+        print(f"{dim:>6} " + "".join(f"{r['protocols'][p]['map']:>10.2f}" for p in protocols))
+    if args.report:
+        out = {
+            "benchmark": res["benchmark"],
+            "model": str(args.model),
+            "queries": res["queries"],
+            "grow": res["grow"],
+            "num_db": res["num_db"],
+            "num_queries": res["num_queries"],
+            "results": {str(d): r for d, r in res["results"].items()},
+        }
+        _write_atomic(args.report, json.dumps(out, indent=1) + "\n")
+    return 0

@@ -1,0 +1,225 @@
+"""Search benchmark: exact blockwise top-k vs FAISS indexes on structured synthetic descriptors.
+
+Database: N descriptors (default 256-D, as after PCA whitening) of places seen from several
+near-duplicate views, places grouped in neighbourhoods of similar-looking places, so that exact
+recall@1 is well below 1 and an approximate index can visibly lose recall. Queries: new views
+of random places. A hit is a top-1 database view of the query's place.
+
+Printed per index (and search setting): build time, resident memory added by the index, batched
+queries/s (median of --repeats), single-query latency (median), recall@1, recall@1 relative to
+exact search, and top-1 agreement with exact search. The target (issue 4): an index keeping
+≥ 99% of exact recall@1 at ≥ 10× the queries/s of exact search at 1M.
+
+    python benchmarks/search.py                      # 100k and 1M (about 3 GB RAM at 1M)
+    python benchmarks/search.py --sizes 100000       # the quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import statistics
+import time
+
+import numpy as np
+
+from netvlad.index import build_index, l2_normalize, topk
+
+
+def rss_bytes() -> int:
+    """Current resident set size of this process (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+def _unit(rng, n, d):
+    return l2_normalize(rng.standard_normal((n, d), dtype=np.float32))
+
+
+def make_data(
+    n: int, d: int, nq: int, views: int, seed: int, spread: float, view_noise: float, query_noise: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Structured synthetic descriptors.
+
+    Returns:
+        (db N×d, db place id (N,), queries nq×d, query place id (nq,)); all rows L2-normalised.
+    """
+    rng = np.random.default_rng(seed)
+    n_places = n // views
+    n_hoods = max(1, n_places // 100)
+    hoods = _unit(rng, n_hoods, d)
+    places = np.empty((n_places, d), np.float32)
+    chunk = 1 << 16
+    for s in range(0, n_places, chunk):
+        m = min(chunk, n_places - s)
+        places[s : s + m] = l2_normalize(hoods[rng.integers(0, n_hoods, m)] + spread * _unit(rng, m, d))
+    db_place = np.repeat(np.arange(n_places), views)[:n]
+    db = np.empty((n, d), np.float32)
+    for s in range(0, n, chunk):
+        m = min(chunk, n - s)
+        db[s : s + m] = l2_normalize(places[db_place[s : s + m]] + view_noise * _unit(rng, m, d))
+    q_place = rng.integers(0, n_places, nq)
+    q = l2_normalize(places[q_place] + query_noise * _unit(rng, nq, d))
+    return db, db_place, q, q_place
+
+
+def timed(fn, repeats: int) -> tuple[float, object]:
+    times, out = [], None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+def run_size(n: int, args) -> list[dict]:
+    db, db_place, q, q_place = make_data(
+        n, args.dim, args.queries, args.views, args.seed, args.spread, args.view_noise, args.query_noise
+    )
+    single = q[: args.single]
+    rows = []
+
+    def record(name, build_s, mem, search, single_search, exact_ids=None):
+        t, (_, ids) = timed(search, args.repeats)
+        t1, _ = timed(lambda: [single_search(single[i : i + 1]) for i in range(len(single))], 1)
+        r1 = float((db_place[ids[:, 0]] == q_place).mean())
+        row = {
+            "n": n,
+            "index": name,
+            "build_s": build_s,
+            "mem_mb": mem / 2**20,
+            "qps": len(q) / t,
+            "ms_single": 1000 * t1 / max(1, len(single)),
+            "r1": r1,
+            "agree": float((ids[:, 0] == exact_ids).mean()) if exact_ids is not None else 1.0,
+        }
+        rows.append(row)
+        print(
+            f"  {name:<28} {row['qps']:>9.0f} q/s  {row['ms_single']:>7.2f} ms/q  R@1 {r1:.4f}  "
+            f"build {build_s:6.1f} s  +{row['mem_mb']:.0f} MB",
+            flush=True,
+        )
+        return ids
+
+    print(f"N = {n:,} × {args.dim}-D, {len(q)} queries, exact: blockwise top-k (torch matmul)", flush=True)
+    exact_ids = record(
+        "exact (netvlad.index.topk)", 0.0, db.nbytes, lambda: topk(q, db, 1), lambda x: topk(x, db, 1)
+    )[:, 0]
+    for kind in args.kinds:
+        gc.collect()
+        before = rss_bytes()
+        params = {
+            "flat": {},
+            "ivfflat": {"nprobe": args.nprobe[0]},
+            "ivfpq": {"nprobe": args.nprobe[0], "pq_m": args.pq_m, "refine_k_factor": args.k_factor},
+            "hnsw": {
+                "hnsw_m": args.hnsw_m,
+                "ef_construction": args.ef_construction,
+                "ef_search": args.ef_search[0],
+            },
+        }[kind]
+        t = time.perf_counter()
+        index = build_index(db, kind, **params)
+        build_s = time.perf_counter() - t
+        mem = rss_bytes() - before
+        fi = index._faiss_index
+        if kind in ("ivfflat", "ivfpq"):
+            import faiss
+
+            target, attr, values = faiss.extract_index_ivf(fi), "nprobe", args.nprobe
+        elif kind == "hnsw":
+            target, attr, values = fi.hnsw, "efSearch", args.ef_search
+        else:
+            target, attr, values = None, "", [None]
+        for v in values:
+            if target is not None:
+                setattr(target, attr, v)
+            name = f"{kind} {attr}={v}" if target is not None else kind
+            if kind == "ivfpq":
+                name += f" m={args.pq_m} kf={args.k_factor}"
+            search = index.search
+            record(name, build_s, mem, lambda s=search: s(q, 1), lambda x, s=search: s(x, 1), exact_ids)
+        del index, fi, target
+    exact_r1 = rows[0]["r1"]
+    for r in rows:
+        r["rel"] = r["r1"] / exact_r1 if exact_r1 else float("nan")
+        r["speedup"] = r["qps"] / rows[0]["qps"]
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000], help="database sizes")
+    p.add_argument("--dim", type=int, default=256)
+    p.add_argument("--queries", type=int, default=1000)
+    p.add_argument("--single", type=int, default=50, help="queries timed one at a time (latency)")
+    p.add_argument("--views", type=int, default=10, help="database views per place")
+    p.add_argument("--spread", type=float, default=0.3, help="place offset from its neighbourhood")
+    p.add_argument("--view-noise", type=float, default=0.35, help="noise of database views")
+    p.add_argument("--query-noise", type=float, default=1.0, help="noise of query views")
+    p.add_argument(
+        "--kinds",
+        nargs="+",
+        default=["flat", "ivfflat", "ivfpq", "hnsw"],
+        choices=["flat", "ivfflat", "ivfpq", "hnsw"],
+    )
+    p.add_argument("--nprobe", type=int, nargs="+", default=[8, 16, 32])
+    p.add_argument("--pq-m", type=int, default=32)
+    p.add_argument("--k-factor", type=int, default=128)
+    p.add_argument("--hnsw-m", type=int, default=16)
+    p.add_argument("--ef-construction", type=int, default=40)
+    p.add_argument("--ef-search", type=int, nargs="+", default=[64, 128, 256])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch and FAISS threads (default: their own defaults)")
+    args = p.parse_args(argv)
+    import faiss
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        faiss.omp_set_num_threads(args.threads)
+
+    print(
+        f"threads: torch {torch.get_num_threads()}, faiss {faiss.omp_get_max_threads()}; "
+        f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '')!r}"
+    )
+    all_rows = []
+    for n in args.sizes:
+        all_rows += run_size(n, args)
+    print()
+    print(
+        "| N | index | q/s (1000-query batch) | × exact | ms / single query | R@1 | R@1 / exact R@1 "
+        "| top-1 = exact | build s | memory MB |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in all_rows:
+        print(
+            f"| {r['n']:,} | {r['index']} | {r['qps']:.0f} | {r['speedup']:.1f} | {r['ms_single']:.2f} | "
+            f"{r['r1']:.4f} | {r['rel']:.4f} | {r['agree']:.4f} | {r['build_s']:.1f} | {r['mem_mb']:.0f} |"
+        )
+    for n in args.sizes:
+        ok = [
+            r
+            for r in all_rows
+            if r["n"] == n
+            and r["index"] != "exact (netvlad.index.topk)"
+            and r["rel"] >= 0.99
+            and r["speedup"] >= 10
+        ]
+        best = max(ok, key=lambda r: r["speedup"], default=None)
+        verdict = (
+            f"met by {best['index']} ({best['speedup']:.1f}×, {100 * best['rel']:.1f}%)"
+            if best
+            else "not met"
+        )
+        print(f"N={n:,}: target (≥ 99% of exact R@1 at ≥ 10× its q/s): {verdict}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,178 @@
+"""Exact blockwise top-k by inner product (= L2 ranking on L2-normalised descriptors).
+
+Ties are broken by database index (smaller first), so results do not depend on the block size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["l2_normalize", "topk"]
+
+# Memory budget (number of float32 scores) of one query-chunk × database-block score matrix: 32 M
+# scores = 128 MiB. Keeps the exact search bounded on a shared 24 GB machine whatever N is.
+_SCORE_BUDGET = 1 << 25
+
+
+def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Row-wise x / (‖x‖₂ + eps) (the MATLAB convention of spec §1.11), as float32.
+
+    Args:
+        x: N×D array.
+
+    Returns:
+        N×D float32 array.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    return x / (np.linalg.norm(x, axis=1, keepdims=True) + np.float32(eps))
+
+
+def _select_stable(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the k best (score descending, id ascending) of the candidates ``scores``/``ids`` (R×C)."""
+    order = np.lexsort((ids, -scores), axis=-1)[:, :k]
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+
+
+def _block_topk(s: np.ndarray, k: int, offset: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact stable top-k of a score block s (R×B, higher is better), ids offset by ``offset``.
+
+    argpartition picks an arbitrary subset among scores tied with the k-th; rows where such a tie
+    straddles the boundary are redone with a full stable sort so that the smaller ids win.
+    """
+    r, b = s.shape
+    if k >= b:
+        idx = np.broadcast_to(np.arange(b), (r, b))
+    else:
+        idx = np.argpartition(-s, k - 1, axis=1)[:, :k]
+    vals = np.take_along_axis(s, idx, 1)
+    if k < b:
+        kth = vals.min(axis=1)
+        n_ge = (s >= kth[:, None]).sum(axis=1)
+        for row in np.flatnonzero(n_ge > k):
+            idx[row] = np.argsort(-s[row], kind="stable")[:k]
+            vals[row] = s[row, idx[row]]
+    return _select_stable(vals, idx.astype(np.int64) + offset, k)
+
+
+def topk(
+    queries: np.ndarray,
+    database: np.ndarray,
+    k: int,
+    block: int | None = None,
+    device: str = "cpu",
+    metric: str = "ip",
+    backend: str = "auto",
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest database vectors of each query, blockwise over the database.
+
+    Memory is O(Q·k + q_chunk·block): the full Q×N score matrix is never formed. ``k`` is clamped
+    to N (as ``rawNnSearch`` does). Ties are ordered by database index.
+
+    Args:
+        queries: Q×D array (L2-normalised for the "ip" ranking to equal L2 ranking).
+        database: N×D array.
+        k: number of neighbours.
+        block: database rows per block (default: a 128 MiB score budget).
+        device: torch device for the matmul ("cpu", "cuda", ...); used by the torch backend.
+        metric: "ip" (scores = inner products, descending) or "l2" (scores = squared L2
+            distances, ascending; exact for unnormalised vectors too).
+        backend: "numpy", "torch" or "auto" (torch for batches of ≥ 8 queries or a non-CPU
+            device, numpy for single queries: measured fastest on the project machine).
+        progress: show a progress bar over database blocks.
+
+    Returns:
+        (scores Q×k float32, ids Q×k int64).
+    """
+    if metric not in ("ip", "l2"):
+        raise ValueError(f"metric must be 'ip' or 'l2', got {metric!r}")
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    db = np.asarray(database)
+    if q.ndim != 2 or db.ndim != 2:
+        raise ValueError(f"queries and database must be 2-D, got shapes {q.shape} and {db.shape}")
+    if q.shape[1] != db.shape[1]:
+        raise ValueError(f"dimension mismatch: queries are {q.shape[1]}-D, database is {db.shape[1]}-D")
+    nq, n = q.shape[0], db.shape[0]
+    k = min(int(k), n)
+    if k < 1 or nq == 0:
+        return np.zeros((nq, max(k, 0)), np.float32), np.zeros((nq, max(k, 0)), np.int64)
+    if backend == "auto":
+        backend = "torch" if (nq >= 8 or device != "cpu") else "numpy"
+    if backend not in ("numpy", "torch"):
+        raise ValueError(f"backend must be 'numpy', 'torch' or 'auto', got {backend!r}")
+    q_chunk = min(nq, 4096)
+    if block is None:
+        block = max(1024, _SCORE_BUDGET // q_chunk)
+    block = max(1, int(block))
+
+    # A few queries against a block: compute block @ q.T (a tall GEMM) and transpose; measured
+    # single-threaded at 20k×256 with 4 queries: 1.8 ms vs 6.8 ms for q @ block.T.
+    tall = q_chunk < 64
+    if backend == "torch":
+        import torch
+
+        dev = torch.device(device)
+
+        def prepare(dblk: np.ndarray):
+            return torch.from_numpy(np.ascontiguousarray(dblk)).to(dev)
+
+        def block_topk(qc: np.ndarray, tb, dnorm, b0: int):
+            ta = torch.from_numpy(qc).to(dev)
+            sc = (tb @ ta.T).T if tall else ta @ tb.T
+            if dnorm is not None:
+                sc = 2.0 * sc - torch.from_numpy(dnorm).to(dev)[None, :]
+            if k == 1:
+                v, i = sc.max(dim=1, keepdim=True)  # first maximal index: ties → smaller id
+                return v.cpu().numpy(), i.cpu().numpy().astype(np.int64) + b0
+            v, i = torch.topk(sc, min(k, sc.shape[1]), dim=1)
+            v, i = v.cpu().numpy(), i.cpu().numpy().astype(np.int64)
+            # torch.topk picks arbitrarily among values tied with the k-th: redo those rows stably.
+            n_ge = (sc >= torch.from_numpy(v[:, -1:]).to(dev)).sum(dim=1).cpu().numpy()
+            for row in np.flatnonzero(n_ge > v.shape[1]):
+                sv, si = torch.sort(sc[row], descending=True, stable=True)
+                v[row], i[row] = sv[: v.shape[1]].cpu().numpy(), si[: v.shape[1]].cpu().numpy()
+            return _select_stable(v, i + b0, k)
+    else:
+
+        def prepare(dblk: np.ndarray):
+            return dblk
+
+        def block_topk(qc: np.ndarray, dblk: np.ndarray, dnorm, b0: int):
+            sc = np.ascontiguousarray((dblk @ qc.T).T) if tall else qc @ dblk.T
+            if dnorm is not None:
+                sc = 2.0 * sc - dnorm[None, :]
+            if k == 1:
+                i = sc.argmax(axis=1)[:, None]  # first maximal index: ties → smaller id
+                return np.take_along_axis(sc, i, 1), i.astype(np.int64) + b0
+            return _block_topk(sc, k, b0)
+
+    out_s = np.empty((nq, k), np.float32)
+    out_i = np.empty((nq, k), np.int64)
+    starts = range(0, n, block)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc="search", unit="block", total=-(-n // block))
+    # Query chunks inside database blocks: each database block is read once from memory.
+    run_s = [None] * (-(-nq // q_chunk))
+    run_i = [None] * len(run_s)
+    for b0 in starts:
+        dblk = np.asarray(db[b0 : b0 + block], dtype=np.float32)
+        dnorm = (dblk.astype(np.float64) ** 2).sum(1).astype(np.float32) if metric == "l2" else None
+        dprep = prepare(dblk)  # moved to the device once per block
+        for c, q0 in enumerate(range(0, nq, q_chunk)):
+            # metric "l2" ranks by 2q·d − ‖d‖² (‖q‖² is constant per row); higher is better.
+            bs, bi = block_topk(q[q0 : q0 + q_chunk], dprep, dnorm, b0)
+            if run_s[c] is None:
+                run_s[c], run_i[c] = bs, bi
+            else:
+                run_s[c], run_i[c] = _select_stable(
+                    np.concatenate([run_s[c], bs], 1), np.concatenate([run_i[c], bi], 1), k
+                )
+    for c, q0 in enumerate(range(0, nq, q_chunk)):
+        out_s[q0 : q0 + q_chunk] = run_s[c]
+        out_i[q0 : q0 + q_chunk] = run_i[c]
+    if metric == "l2":
+        qn = (q.astype(np.float64) ** 2).sum(1).astype(np.float32)
+        out_s = np.maximum(qn[:, None] - out_s, 0.0).astype(np.float32)
+    return out_s, out_i

@@ -1,0 +1,51 @@
+"""Evaluation metrics exactly as the original protocols compute them (numpy only).
+
+- recall@N (spec §1.11, ``recallAtN``): a query is a hit at N when any ground-truth positive is in
+  its top N; every query is in the denominator, so a query with no positive is a failure.
+- Dataset rules on the ranked lists: Tokyo 24/7 panorama de-duplication (keep the first
+  occurrence of each panorama, ``nnSearchPostprocess`` of ``dbTokyo247``) and TokyoTM's exclusion
+  of database images taken at the query's timestamp (``dbTokyoTimeMachine``). As in MATLAB, the
+  search over-fetches (12× and 10× respectively) before filtering.
+- rank loss (``testCoreRank``).
+- Average precision with trapezoidal interpolation (``relja_retrievalMAP``, identical to the
+  official Oxford ``compute_ap``; spec §1.15), mAP, and the revisited Oxford/Paris mP@k.
+
+Only numpy is imported at module level; :func:`evaluate` imports :func:`netvlad.index.topk`
+lazily for the exact search.
+"""
+
+from __future__ import annotations
+
+from netvlad.metrics.ap import average_precision, evaluate_map, mean_average_precision, precision_at_k
+from netvlad.metrics.evaluate import evaluate, evaluate_dataset
+from netvlad.metrics.ranking import (
+    DEFAULT_NS,
+    SAMPLE_SEED,
+    crop_to_dim,
+    dedup_ranked,
+    exclude_ranked,
+    first_hit_rank,
+    hits_at_n,
+    rank_loss,
+    recall_at_n,
+    sample_queries,
+)
+
+__all__ = [
+    "DEFAULT_NS",
+    "SAMPLE_SEED",
+    "average_precision",
+    "crop_to_dim",
+    "dedup_ranked",
+    "evaluate",
+    "evaluate_dataset",
+    "evaluate_map",
+    "exclude_ranked",
+    "first_hit_rank",
+    "hits_at_n",
+    "mean_average_precision",
+    "precision_at_k",
+    "rank_loss",
+    "recall_at_n",
+    "sample_queries",
+]

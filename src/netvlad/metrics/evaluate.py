@@ -1,0 +1,203 @@
+"""recall@N evaluation of query descriptors against a database (testCore + recallAtN, spec §1.11)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from netvlad.metrics.ranking import (
+    DEFAULT_NS,
+    SAMPLE_SEED,
+    _as_rows,
+    _check_crop,
+    _pad,
+    crop_to_dim,
+    dedup_ranked,
+    exclude_ranked,
+    first_hit_rank,
+    rank_loss,
+    sample_queries,
+)
+
+# Over-fetch factors of the MATLAB nnSearchPostprocess implementations.
+DEDUP_OVERFETCH = 12
+EXCLUDE_OVERFETCH = 10
+
+
+def evaluate(
+    db_desc: np.ndarray,
+    q_desc: np.ndarray,
+    positives: Sequence[np.ndarray],
+    ns: Sequence[int] = DEFAULT_NS,
+    crop_dim: int | None = None,
+    groups: np.ndarray | None = None,
+    exclude: Sequence[np.ndarray] | None = None,
+    sample: int | None = None,
+    conditions: Sequence[str] | None = None,
+    seed: int = SAMPLE_SEED,
+    block: int | None = None,
+    keep: int = 5,
+) -> dict:
+    """recall@N of query descriptors against a database (testCore + recallAtN, spec §1.11).
+
+    Exact squared-L2 ranking of L2-normalised descriptors (ties: smaller database id first).
+
+    Args:
+        db_desc: N×D database descriptors.
+        q_desc: Q×D query descriptors.
+        positives: Q arrays of positive database ids (within the evaluation radius).
+        ns: the Ns (default 1–5, 10–100 step 5).
+        crop_dim: keep the first D dimensions and re-normalise (warns if D exceeds the dimension).
+        groups: (N,) group id per database image: keep the first image of each group in each
+            ranked list (Tokyo 24/7 panoramas; retrieves 12·max(ns) first, as the original).
+        exclude: Q arrays of database ids removed from each query's list (TokyoTM same-timestamp
+            rule; retrieves 10·max(ns) first, as the original).
+        sample: evaluate n queries drawn with ``default_rng(seed)`` (in sampled order).
+        conditions: Q labels (e.g. Tokyo 24/7 day/sunset/night): adds a per-condition breakdown.
+        seed: sampling seed (43).
+        block: database block size of the exact search.
+        keep: top results per query kept in the output (for reports).
+
+    Returns:
+        dict with "num_queries", "num_db", "dim", "ns", "recall" ({N: fraction}, N ascending),
+        "query_indices" (evaluated queries, in order), "first_hit" (0-based rank of the first
+        positive, −1 if none in the top max(ns)), "num_positives", "top" (Q×keep ids),
+        "hits" (Q×len(ns) bool) and "by_condition" ({label: {"num_queries", "recall"}}) when
+        conditions are given.
+    """
+    from netvlad.index import topk
+
+    ns = sorted({int(n) for n in ns})
+    if not ns or ns[0] < 1:
+        raise ValueError(f"Ns must be positive integers, got {ns}")
+    q_desc = np.asarray(q_desc)
+    if len(positives) != q_desc.shape[0]:
+        raise ValueError(f"{len(positives)} positive lists for {q_desc.shape[0]} queries")
+    crop_dim = _check_crop(crop_dim, np.shape(db_desc)[1])
+    db = crop_to_dim(db_desc, crop_dim)
+    qall = crop_to_dim(q_desc, crop_dim)
+    if db.shape[1] != qall.shape[1]:
+        raise ValueError(f"dimension mismatch: database {db.shape[1]}-D, queries {qall.shape[1]}-D")
+    if groups is not None and len(groups) != db.shape[0]:
+        raise ValueError(f"groups has {len(groups)} entries for {db.shape[0]} database images")
+    sel = sample_queries(qall.shape[0], sample, seed)
+    q = qall[sel]
+    pos = [np.asarray(positives[i], dtype=np.int64) for i in sel]
+    n_top = max(ns)
+    factor = (DEDUP_OVERFETCH if groups is not None else 1) * (
+        EXCLUDE_OVERFETCH if exclude is not None else 1
+    )
+    _, ranked = topk(q, db, n_top * factor, block=block)
+    if exclude is not None:
+        if len(exclude) != qall.shape[0]:
+            raise ValueError(f"exclude has {len(exclude)} entries for {qall.shape[0]} queries")
+        ranked = exclude_ranked(ranked, [exclude[i] for i in sel])
+    if groups is not None:
+        ranked = dedup_ranked(ranked, groups)
+    ranked = _pad(_as_rows(ranked), n_top)
+    first = first_hit_rank(ranked, pos)
+    hits = (first[:, None] >= 0) & (first[:, None] < np.asarray(ns)[None, :])
+    out = {
+        "num_queries": int(len(sel)),
+        "num_db": int(db.shape[0]),
+        "dim": int(db.shape[1]),
+        "crop_dim": int(crop_dim) if crop_dim else None,
+        "sample": int(sample) if sample is not None else None,
+        "seed": int(seed),
+        "ns": ns,
+        "recall": {n: float(h) for n, h in zip(ns, hits.mean(axis=0))},
+        "query_indices": sel,
+        "first_hit": first,
+        "num_positives": np.array([p.size for p in pos], dtype=np.int64),
+        "top": ranked[:, :keep],
+        "hits": hits,
+    }
+    if conditions is not None:
+        if len(conditions) != qall.shape[0]:
+            raise ValueError(f"conditions has {len(conditions)} entries for {qall.shape[0]} queries")
+        labels = [str(conditions[i]) for i in sel]
+        out["conditions"] = labels
+        by = {}
+        for lab in dict.fromkeys(labels):
+            m = np.array([x == lab for x in labels])
+            by[lab] = {
+                "num_queries": int(m.sum()),
+                "recall": {n: float(h) for n, h in zip(ns, hits[m].mean(axis=0))},
+            }
+        out["by_condition"] = by
+    return out
+
+
+def evaluate_dataset(
+    ds,
+    db_desc: np.ndarray,
+    q_desc: np.ndarray,
+    ns: Sequence[int] = DEFAULT_NS,
+    crop_dim: int | None = None,
+    sample: int | None = None,
+    block: int | None = None,
+    rank_sample: int = 0,
+    margin: float = 0.1,
+    num_negatives: int = 1000,
+) -> dict:
+    """:func:`evaluate` with the positives and rules of a ``PlaceDataset``.
+
+    Applies ``ds.rules``: "tokyo247_dedup" (``ds.db_groups``, or id // 12 when absent) and
+    "tokyotm_timestamp" (database images with the query's timestamp are excluded), and breaks
+    results down by ``ds.query_conditions`` when present.
+
+    Args:
+        ds: a ``netvlad.data.PlaceDataset`` (duck-typed: only its attributes are read).
+        db_desc: ds.num_db × D descriptors, in ``ds.db_images`` order.
+        q_desc: ds.num_queries × D descriptors, in ``ds.query_images`` order.
+        rank_sample: if > 0, also compute the rank loss (``testCoreRank``) on this many queries
+            sampled with seed 43, ``num_negatives`` random negatives each (rng reseeded to 43).
+        margin: rank-loss margin m.
+
+    Returns:
+        the :func:`evaluate` dict plus "dataset" (and "rank_loss").
+    """
+    rules = set(getattr(ds, "rules", ()) or ())
+    groups = None
+    if "tokyo247_dedup" in rules:
+        groups = getattr(ds, "db_groups", None)
+        if groups is None:
+            # Spec §1.14: 12 consecutive cutouts per panorama, floor((id−1)/12) with 1-based ids.
+            groups = np.arange(len(ds.db_images)) // 12
+    exclude = None
+    if "tokyotm_timestamp" in rules:
+        if ds.db_timestamps is None or ds.query_timestamps is None:
+            raise ValueError(f"dataset {ds.name}: the tokyotm_timestamp rule needs db and query timestamps")
+        dbt = np.asarray(ds.db_timestamps)
+        exclude = [np.flatnonzero(dbt == t) for t in np.asarray(ds.query_timestamps)]
+    out = evaluate(
+        db_desc,
+        q_desc,
+        ds.all_positives(),
+        ns=ns,
+        crop_dim=crop_dim,
+        groups=groups,
+        exclude=exclude,
+        sample=sample,
+        conditions=getattr(ds, "query_conditions", None),
+        block=block,
+    )
+    out["dataset"] = ds.name
+    if rank_sample > 0:
+        db = crop_to_dim(db_desc, _check_crop(crop_dim, np.shape(db_desc)[1]))
+        q = crop_to_dim(q_desc, _check_crop(crop_dim, np.shape(db_desc)[1]))
+        sel = sample_queries(len(ds.query_images), rank_sample, SAMPLE_SEED)
+        rng = np.random.default_rng(SAMPLE_SEED)  # testCoreRank reseeds rng(43) before the loop
+        pos, neg = [], []
+        for i in sel:
+            p = ds.nontrivial_positives(int(i))
+            pos.append(p)
+            avail = len(ds.db_images) - len(ds.positives(int(i)))  # small datasets: fewer negatives
+            neg.append(
+                ds.sample_negatives(int(i), min(num_negatives, avail), rng)
+                if p.size
+                else np.zeros(0, np.int64)
+            )
+        out["rank_loss"] = rank_loss(q[sel], db, pos, neg, margin)
+    return out

@@ -1,0 +1,285 @@
+"""Exact blockwise search against brute force, FAISS indexes against exact, save/load round trips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from netvlad.index import build_index, l2_normalize, load_index, topk
+
+
+@pytest.fixture(autouse=True)
+def _one_faiss_thread():
+    # On a loaded 2-core machine FAISS's OpenMP spin-waits make tiny trainings ~50x slower.
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
+def _brute(q, d, k, metric="ip"):
+    """Naive oracle: float64 scores per pair in python loops, stable sort (ties → smaller id)."""
+    out_i, out_s = [], []
+    for qi in q.astype(np.float64):
+        if metric == "ip":
+            s = [float(np.dot(qi, di)) for di in d.astype(np.float64)]
+            order = sorted(range(len(s)), key=lambda j: (-s[j], j))
+        else:
+            s = [float(((qi - di) ** 2).sum()) for di in d.astype(np.float64)]
+            order = sorted(range(len(s)), key=lambda j: (s[j], j))
+        order = order[:k]
+        out_i.append(order)
+        out_s.append([s[j] for j in order])
+    return np.array(out_s), np.array(out_i, dtype=np.int64)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("block", [None, 1, 7, 64, 1000])
+def test_topk_equals_brute_force(backend, block):
+    rng = np.random.default_rng(0)
+    q = l2_normalize(rng.standard_normal((13, 24)))
+    d = l2_normalize(rng.standard_normal((101, 24)))
+    s, i = topk(q, d, 10, block=block, backend=backend)
+    bs, bi = _brute(q, d, 10)
+    assert s.shape == (13, 10) and i.dtype == np.int64
+    np.testing.assert_array_equal(i, bi)
+    np.testing.assert_allclose(s, bs, atol=1e-5)
+
+
+def test_topk_l2_metric_unnormalised():
+    rng = np.random.default_rng(1)
+    q = rng.standard_normal((9, 8)) * 3
+    d = rng.standard_normal((57, 8)) * 3
+    s, i = topk(q, d, 6, block=10, metric="l2")
+    bs, bi = _brute(q, d, 6, metric="l2")
+    np.testing.assert_array_equal(i, bi)
+    np.testing.assert_allclose(s, bs, rtol=1e-5, atol=1e-4)
+
+
+def test_topk_k_larger_than_n_is_clamped():
+    rng = np.random.default_rng(2)
+    q = l2_normalize(rng.standard_normal((4, 5)))
+    d = l2_normalize(rng.standard_normal((6, 5)))
+    s, i = topk(q, d, 50, block=4)
+    assert i.shape == (4, 6)
+    np.testing.assert_array_equal(i, _brute(q, d, 6)[1])
+    np.testing.assert_array_equal(np.sort(i, 1), np.tile(np.arange(6), (4, 1)))
+
+
+@pytest.mark.parametrize("block", [None, 3, 5])
+def test_topk_ties_are_ordered_by_database_index(block):
+    # Small integers: every dot product is exact in float32, so ties are real ties.
+    rng = np.random.default_rng(3)
+    base = rng.integers(-2, 3, size=(5, 6)).astype(np.float32)
+    d = base[rng.integers(0, 5, size=40)]  # many exact duplicates
+    q = rng.integers(-2, 3, size=(7, 6)).astype(np.float32)
+    for backend in ("numpy", "torch"):
+        s, i = topk(q, d, 11, block=block, backend=backend)
+        bs, bi = _brute(q, d, 11)
+        np.testing.assert_array_equal(i, bi)
+        np.testing.assert_array_equal(s, bs)
+
+
+def test_topk_bad_input_messages():
+    with pytest.raises(ValueError, match="dimension mismatch"):
+        topk(np.zeros((2, 3)), np.zeros((4, 5)), 1)
+    with pytest.raises(ValueError, match="metric"):
+        topk(np.zeros((2, 3)), np.zeros((4, 3)), 1, metric="cos")
+
+
+def _clustered(n, d, n_centres, noise, rng):
+    centres = l2_normalize(rng.standard_normal((n_centres, d)))
+    lab = rng.integers(0, n_centres, size=n)
+    return l2_normalize(centres[lab] + noise * rng.standard_normal((n, d))), centres
+
+
+def test_faiss_flat_equals_exact():
+    rng = np.random.default_rng(4)
+    d = l2_normalize(rng.standard_normal((500, 32)))
+    q = l2_normalize(rng.standard_normal((20, 32)))
+    s, i = build_index(d, "flat").search(q, 7)
+    es, ei = topk(q, d, 7)
+    np.testing.assert_array_equal(i, ei)
+    np.testing.assert_allclose(s, es, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kind,params",
+    [
+        ("ivfflat", {"nprobe": 8}),
+        ("hnsw", {}),
+        ("ivfpq", {"pq_m": 4, "pq_bits": 6, "nprobe": 8}),
+    ],
+)
+def test_approximate_indexes_have_high_recall_on_clustered_data(kind, params):
+    rng = np.random.default_rng(5)
+    db, centres = _clustered(2000, 16, 40, 0.15, rng)
+    q = l2_normalize(centres[rng.integers(0, 40, size=100)] + 0.15 * rng.standard_normal((100, 16)))
+    _, exact = topk(q, db, 1)
+    _, got = build_index(db, kind, **params).search(q, 10)
+    assert (got[:, 0] == exact[:, 0]).mean() >= 0.9
+    assert np.mean([exact[j, 0] in got[j] for j in range(len(q))]) >= 0.95
+
+
+@pytest.mark.parametrize("kind", ["exact", "flat", "ivfflat", "ivfpq", "hnsw"])
+def test_index_save_load_round_trip(tmp_path, kind):
+    rng = np.random.default_rng(6)
+    db = l2_normalize(rng.standard_normal((400, 16)))
+    q = l2_normalize(rng.standard_normal((5, 16)))
+    names = [f"db/{j:04d}.jpg" for j in range(400)]
+    utm = rng.uniform(0, 1000, size=(400, 2))
+    meta = {"fingerprint": "abc123", "model": "vgg16-netvlad", "zone": "17T"}
+    params = {} if kind == "exact" else {"nprobe": 5, "pq_m": 4, "ef_search": 33, "refine_k_factor": 7}
+    idx = build_index(db, kind, names=names, utm=utm, meta=meta, **params)
+    out = tmp_path / "idx"
+    idx.save(out)
+    idx.save(out)  # overwriting an existing index works and leaves no temporaries
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]
+    back = load_index(out)
+    assert back.kind == kind and back.dim == 16 and back.ntotal == 400
+    assert back.names == names and back.meta == meta
+    np.testing.assert_array_equal(back.utm, utm)
+    s0, i0 = idx.search(q, 5)
+    s1, i1 = back.search(q, 5)
+    np.testing.assert_array_equal(i0, i1)
+    np.testing.assert_allclose(s0, s1)
+    if kind in ("ivfflat", "ivfpq"):
+        import faiss
+
+        assert faiss.extract_index_ivf(back._faiss_index).nprobe == 5
+    if kind == "ivfpq":
+        assert back._faiss_index.k_factor == 7
+    if kind == "hnsw":
+        assert back._faiss_index.hnsw.efSearch == 33
+
+
+def test_index_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown index kind 'lsh'"):
+        build_index(np.zeros((3, 4), np.float32), "lsh")
+    with pytest.raises(ValueError, match="unknown index parameters: bogus"):
+        build_index(np.zeros((3, 4), np.float32), "flat", bogus=1)
+    with pytest.raises(ValueError, match="2 names for 3 descriptors"):
+        build_index(np.zeros((3, 4), np.float32), "flat", names=["a", "b"])
+    with pytest.raises(FileNotFoundError, match="not a netvlad index"):
+        load_index(tmp_path)
+    idx = build_index(np.eye(4, dtype=np.float32), "exact")
+    with pytest.raises(ValueError, match="query dimension 3 does not match the index dimension 4"):
+        idx.search(np.zeros((1, 3)), 1)
+
+
+# ------------------------------------------------------------------------------------------
+# `netvlad index build` / `netvlad query` end to end (EfficientNet-Lite0 max pooling: real
+# ImageNet weights installed offline, no cluster initialisation needed)
+
+
+def _photos(folder, n):
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(11)
+    names = []
+    for i in range(n):
+        img = rng.integers(0, 255, size=(48, 64, 3), dtype=np.uint8)
+        img[: 8 * (i + 1)] = 30 * i  # distinct layouts
+        Image.fromarray(img).save(folder / f"{i:04d}.png")
+        names.append(f"db/{i:04d}.png")
+    return names
+
+
+@pytest.fixture(scope="module")
+def query_setup(tmp_path_factory):
+    from netvlad.extract import compute_descriptors
+    from netvlad.io import write_features
+    from netvlad.models import load_model
+
+    root = tmp_path_factory.mktemp("q")
+    names = _photos(root / "db", 6)
+    model = load_model("lite0-max")
+    desc = compute_descriptors(model, [root / n for n in names], progress=False, num_workers=0)
+    write_features(root / "db.h5", names, desc, {"fingerprint": model.fingerprint()})
+    utm = np.array([[500000.0 + 10 * i, 4000000.0 + 3 * i] for i in range(6)])
+    rows = ["# name: photos", "# zone: 17T", "split,path,easting,northing,zone"]
+    rows += [f"db,{n},{e!r},{m!r},17T" for n, (e, m) in zip(names, utm.tolist())]
+    rows += [f"query,{names[0]},{float(utm[0, 0])!r},{float(utm[0, 1])!r},17T"]
+    (root / "ds.csv").write_text("\n".join(rows) + "\n")
+    return root, names, utm, desc
+
+
+def test_index_build_and_query_cli(query_setup, capsys):
+    import json
+
+    from netvlad.cli import main
+
+    root, names, utm, desc = query_setup
+    assert (
+        main(
+            [
+                "index",
+                "build",
+                str(root / "db.h5"),
+                "--out",
+                str(root / "idx"),
+                "--type",
+                "flat",
+                "--dataset",
+                str(root / "ds.csv"),
+                "--model",
+                "lite0-max",
+            ]
+        )
+        == 0
+    )
+    assert "flat index of 6 320-D descriptors with coordinates" in capsys.readouterr().out
+    idx = load_index(root / "idx")
+    assert idx.names == names and idx.meta["model"] == "lite0-max" and idx.meta["zone"] == "17T"
+    np.testing.assert_allclose(idx.utm, utm)
+    assert (
+        main(["query", str(root / "idx"), str(root / names[3]), str(root / names[5]), "--k", "3", "--json"])
+        == 0
+    )
+    res = json.loads(capsys.readouterr().out)
+    assert [r["results"][0]["name"] for r in res] == [names[3], names[5]]
+    assert res[0]["location"] == pytest.approx(utm[3].tolist())
+    assert res[0]["results"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert [len(r["results"]) for r in res] == [3, 3]
+    _, exact = topk(desc[[3, 5]], desc, 3)
+    assert [[x["id"] for x in r["results"]] for r in res] == exact.tolist()
+    assert main(["query", str(root / "idx"), str(root / names[1])]) == 0
+    out = capsys.readouterr().out
+    assert "estimated location easting 500010.0 northing 4000003.0 (zone 17T)" in out
+
+
+def test_query_cli_errors(query_setup, tmp_path, capsys):
+    from netvlad.cli import main
+    from netvlad.io import write_features
+
+    root, names, utm, desc = query_setup
+    write_features(tmp_path / "other.h5", names, desc, {"fingerprint": "deadbeef" * 8})
+    assert (
+        main(
+            ["index", "build", str(tmp_path / "other.h5"), "--out", str(tmp_path / "idx"), "--type", "exact"]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert main(["query", str(tmp_path / "idx"), str(root / names[0])]) == 2
+    assert "records no model; pass --model MODEL" in capsys.readouterr().err
+    assert main(["query", str(tmp_path / "idx"), str(root / names[0]), "--model", "lite0-max"]) == 2
+    assert "is not the one that built" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "index",
+                "build",
+                str(tmp_path / "other.h5"),
+                "--out",
+                str(tmp_path / "idx2"),
+                "--model",
+                "lite0-max",
+            ]
+        )
+        == 2
+    )
+    assert "did not produce" in capsys.readouterr().err
