@@ -1,0 +1,148 @@
+"""Training cost on CPU: seconds per cache refresh and per 1000 training queries, float32 vs float16
+cache, with the mining statistics; plus mining alone on a Pittsburgh-sized random cache.
+
+    .venv/bin/python benchmarks/train.py [--places 40] [--repeats 3] [--threads 2]
+
+Uses a small real preset (resnet18-netvlad, random weights) on synthetic 48×64 place images
+(tests/train_helpers.py) so that it runs offline in a few minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+
+def bench_training(args, tmp: Path) -> list[dict]:
+    from netvlad.models import create_model
+    from netvlad.train import TrainConfig, fit
+    from train_helpers import make_places
+
+    tr = make_places(tmp / "tr", n_places=args.places, seed=0)
+    va = make_places(tmp / "va", n_places=4, seed=1)
+    rows = []
+    for dtype in ("float32", "float16"):
+        per_q, per_refresh, stats = [], [], []
+        for rep in range(args.repeats):
+            model = create_model("resnet18-netvlad", weights="random")
+            cfg = TrainConfig(
+                epochs=1,
+                lr=1e-4,
+                n_neg_choice=min(1000, 3 * (args.places - 2)),
+                num_workers=0,
+                cache_dtype=dtype,
+                test0=False,
+                n_test_rank_sample=0,
+                recall_ns=(1, 5),
+                comp_feats_frequency=10**9,
+                cluster_images=50,
+            )
+            run = tmp / f"run_{dtype}_{rep}"
+            fit(model, tr, va, cfg, run, progress=False)
+            recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+            b = [r for r in recs if r["type"] == "batch"]
+            n_q = sum(r["queries"] for r in b)
+            per_q.append(sum(r["seconds"] for r in b) / n_q * 1000)
+            t0 = time.perf_counter()
+            from netvlad.train import refresh_cache
+
+            refresh_cache(model, tr, np.arange(tr.num_queries), cfg, "cpu", progress=False)
+            per_refresh.append(time.perf_counter() - t0)
+            stats.append(
+                (
+                    np.mean([r["violators_per_query"] for r in b]),
+                    sum(r["skipped"] for r in b) / n_q,
+                    sum(r["mining_seconds"] for r in b) / sum(r["seconds"] for r in b),
+                )
+            )
+        s = np.mean(stats, axis=0)
+        rows.append(
+            {
+                "cache": dtype,
+                "s_per_1000_queries": statistics.median(per_q),
+                "s_per_refresh": statistics.median(per_refresh),
+                "images_per_refresh": tr.num_db + tr.num_queries,
+                "violators_per_query": s[0],
+                "skipped_frac": s[1],
+                "mining_share": s[2],
+            }
+        )
+    return rows
+
+
+def bench_mining(args) -> list[dict]:
+    from netvlad.mining import MiningConfig, mine
+
+    rng = np.random.default_rng(0)
+    n_db, n_q, dim = args.mine_db, 64, args.mine_dim
+    db32 = torch.from_numpy(rng.standard_normal((n_db, dim), dtype=np.float32))
+    db32 /= db32.norm(dim=1, keepdim=True)
+    q32 = db32[:n_q] + 0.05 * torch.randn(n_q, dim)
+    rows = []
+    for name, dt in (("float32", torch.float32), ("float16", torch.float16)):
+        db, q = db32.to(dt), q32.to(dt)
+        times = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            for b in range(0, n_q, 4):
+                ids = list(range(b, b + 4))
+                pos = [np.array([i]) for i in ids]
+                negs = [rng.choice(np.arange(n_q, n_db), 1000, replace=False) for _ in ids]
+                mine(ids, q, db, pos, negs, [np.zeros(0, np.int64)] * 4, MiningConfig())
+            times.append((time.perf_counter() - t0) / (n_q // 4))
+        rows.append(
+            {
+                "cache": name,
+                "cache_MB": db.numel() * db.element_size() / 2**20,
+                "ms_per_batch": 1000 * statistics.median(times),
+            }
+        )
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--places", type=int, default=40)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--mine-db", type=int, default=10000)
+    ap.add_argument("--mine-dim", type=int, default=4096)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as d:
+        rows = bench_training(args, Path(d))
+    print(
+        f"Training, resnet18-netvlad (random weights, 32768-d), 48x64 synthetic images, "
+        f"{args.places} places, CPU {args.threads} threads, median of {args.repeats}"
+    )
+    print(
+        f"{'cache':<8} {'s/1000 queries':>15} {'s/refresh':>10} {'imgs/refresh':>13} {'viol/query':>11} "
+        f"{'skipped':>8} {'mining share':>13}"
+    )
+    for r in rows:
+        print(
+            f"{r['cache']:<8} {r['s_per_1000_queries']:>15.1f} {r['s_per_refresh']:>10.2f} "
+            f"{r['images_per_refresh']:>13d} {r['violators_per_query']:>11.2f} {r['skipped_frac']:>8.2%} "
+            f"{r['mining_share']:>13.2%}"
+        )
+    print(
+        f"\nMining alone: {args.mine_db} db x {args.mine_dim}-d cache, batch of 4 queries, "
+        f"1000 random negatives + 10 remembered each, median of {args.repeats}"
+    )
+    print(f"{'cache':<8} {'cache MB':>9} {'ms/batch':>9}")
+    for r in bench_mining(args):
+        print(f"{r['cache']:<8} {r['cache_MB']:>9.0f} {r['ms_per_batch']:>9.2f}")
+
+
+if __name__ == "__main__":
+    main()

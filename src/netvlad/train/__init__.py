@@ -1,0 +1,27 @@
+"""Weakly supervised training (``trainWeakly``), model selection (``pickBestNet``) and helpers.
+
+Public API: `TrainConfig`, `fit`, `pick_best`, `best_epoch`, `cleanup`, `evaluate_places`,
+`refresh_cache`.
+"""
+
+from __future__ import annotations
+
+from netvlad.train.cache import evaluate_places, refresh_cache
+from netvlad.train.config import PAPER_BACKPROP_FROM, RECALL_NS, TrainConfig, resolve_backprop_from
+from netvlad.train.loop import Position, fit
+from netvlad.train.select import best_epoch, cleanup, pick_best, read_run_recalls
+
+__all__ = [
+    "PAPER_BACKPROP_FROM",
+    "RECALL_NS",
+    "Position",
+    "TrainConfig",
+    "best_epoch",
+    "cleanup",
+    "evaluate_places",
+    "fit",
+    "pick_best",
+    "read_run_recalls",
+    "refresh_cache",
+    "resolve_backprop_from",
+]

@@ -1,0 +1,106 @@
+"""The mining cache and validation: descriptors of all images with the current network, sharded over
+ranks (``computeAllFeats``), and val recall@N / rank loss (``testNet``)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from netvlad.train import dist as D
+from netvlad.train.config import TrainConfig
+
+_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+# ---------------------------------------------------------------------------------------------
+# descriptors
+
+
+def _descriptors(model, paths: Sequence[Path], config: TrainConfig, device, progress: bool) -> np.ndarray:
+    """N×out_dim float32 descriptors, computed in contiguous shards over ranks and all-gathered."""
+    rank, world = D.rank_world()
+    sl = D.shard(len(paths), rank, world)
+    mine_paths = list(paths)[sl]
+    if mine_paths:
+        from netvlad.extract import compute_descriptors
+
+        local = compute_descriptors(
+            model,
+            mine_paths,
+            batch_size=config.compute_batch_size,
+            device=str(device),
+            progress=progress and rank == 0,
+            num_workers=config.num_workers,
+        )
+    else:
+        local = np.zeros((0, int(model.out_dim)), np.float32)
+    return D.gather_rows(local, len(paths), int(model.out_dim))
+
+
+def _mining_pca(db: np.ndarray, q: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    from netvlad.whitening import fit_pca
+
+    # Mining only needs distances, so plain PCA (no whitening); a few thousand samples keep the
+    # float64 Gram matrix cheap at every refresh.
+    p = fit_pca(db, dim=min(dim, db.shape[1], db.shape[0]), max_samples=min(10000, max(2 * dim, 2000)))
+    return p.transform(db, whiten=False), p.transform(q, whiten=False)
+
+
+def refresh_cache(
+    model, train_ds, query_ids: np.ndarray, config: TrainConfig, device, progress: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Recompute the mining cache: (db N×d, queries len(query_ids)×d) in ``config.cache_dtype``."""
+    qpaths = train_ds.query_paths()
+    db = _descriptors(model, train_ds.db_paths(), config, device, progress)
+    q = _descriptors(model, [qpaths[i] for i in query_ids], config, device, progress)
+    if config.mining_pca_dim:
+        db, q = _mining_pca(db, q, config.mining_pca_dim)
+    dt = _DTYPES[config.cache_dtype]
+    return torch.from_numpy(np.asarray(db, np.float32)).to(dt), torch.from_numpy(
+        np.asarray(q, np.float32)
+    ).to(dt)
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation
+
+
+def evaluate_places(model, ds, config: TrainConfig, device, progress: bool = True) -> dict:
+    """Val recall@N on ≤ ``n_test_sample`` queries and rank loss on ≤ ``n_test_rank_sample`` queries
+    (both sampled with seed 43 as ``testNet``), computing descriptors for the sampled queries only."""
+    from netvlad.metrics import evaluate_dataset, rank_loss, sample_queries
+
+    n_q = ds.num_queries
+    sel_recall = sample_queries(n_q, config.n_test_sample, 43)
+    sel_rank = (
+        sample_queries(n_q, config.n_test_rank_sample, 43) if config.n_test_rank_sample else np.zeros(0, int)
+    )
+    union = np.unique(np.concatenate([sel_recall, sel_rank]))
+    qpaths = ds.query_paths()
+    db = _descriptors(model, ds.db_paths(), config, device, progress)
+    qd = _descriptors(model, [qpaths[i] for i in union], config, device, progress)
+    row = {int(q): i for i, q in enumerate(union)}
+    res = evaluate_dataset(
+        ds.subset_queries(sel_recall), db, qd[[row[int(q)] for q in sel_recall]], ns=config.recall_ns
+    )
+    out = {"val_recall": {int(k): float(v) for k, v in res["recall"].items()}, "val_rankloss": None}
+    if len(sel_rank):
+        # testCoreRank: reseed rng(43) before the loop so the negatives are repeatable.
+        rng = np.random.default_rng(43)
+        pos, negs = [], []
+        for q in sel_rank:
+            p = ds.nontrivial_positives(int(q))
+            pos.append(p)
+            avail = ds.num_db - len(ds.positives(int(q)))
+            negs.append(
+                ds.sample_negatives(int(q), min(config.n_neg_choice, avail), rng)
+                if len(p)
+                else np.zeros(0, int)
+            )
+        with contextlib.suppress(ValueError):  # no query with a positive: no rank loss
+            out["val_rankloss"] = rank_loss(qd[[row[int(q)] for q in sel_rank]], db, pos, negs, config.margin)
+    return out

@@ -1,0 +1,73 @@
+"""Run-directory logging: metrics.jsonl records (truncated on resume) and the curves PNG."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from netvlad.train.state import atomic_write_text
+
+
+class MetricsLog:
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def write(self, rec: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+
+    def truncate_to(self, pos) -> None:
+        """Drop records written after the checkpoint `pos` (they will be redone)."""
+        if not self.enabled or not self.path.is_file():
+            return
+        keep = []
+        for line in self.path.read_text().splitlines():
+            if not line.strip():
+                continue
+            r = json.loads(line)
+            if r.get("type") == "batch" and r["global_batch"] > pos.global_batch:
+                continue
+            if r.get("type") == "epoch" and r["epoch"] >= pos.epoch:
+                continue
+            keep.append(line)
+        atomic_write_text(self.path, "".join(x + "\n" for x in keep))
+
+
+def plot_curves(run_dir: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # plotting is optional
+        return
+    batches, epochs = [], {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if r["type"] == "batch":
+            batches.append((r["epoch_float"], r["loss"]))
+        elif "val_recall" in r:
+            epochs[r["epoch"]] = r
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    if batches:
+        x, y = np.array(batches).T
+        win = max(1, min(int(math.ceil(0.05 * len(y))), 5000))  # plotResults' smoothing window
+        ys = np.convolve(y, np.ones(win) / win, mode="valid")
+        ax[0].plot(x[win - 1 :], ys)
+    ax[0].set(xlabel="epoch", ylabel="training loss (smoothed)", title="loss")
+    eps = sorted(epochs)
+    for n in (1, 2, 5, 10, 30):
+        vals = [epochs[e]["val_recall"].get(str(n), epochs[e]["val_recall"].get(n)) for e in eps]
+        if eps and all(v is not None for v in vals):
+            ax[1].plot(eps, vals, marker="o", label=f"R@{n}")
+    ax[1].set(xlabel="epoch (0 = off-the-shelf)", ylabel="val recall", title="recall@N")
+    ax[1].legend(loc="lower right")
+    fig.tight_layout()
+    tmp = run_dir / "curves.tmp.png"
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    tmp.replace(run_dir / "curves.png")

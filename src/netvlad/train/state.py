@@ -1,0 +1,130 @@
+"""Checkpoint plumbing for training: atomic writes, RNG states as plain tensors/lists, caches."""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CKPT_FORMAT = "netvlad-checkpoint"
+LATEST = "ckpt_latest.pt"
+
+
+def atomic_torch_save(obj, path: str | Path) -> Path:
+    """torch.save to a temp file in the same folder, then os.replace (never a half-written file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path
+
+
+def rng_state() -> dict:
+    """torch, numpy (legacy global) and python RNG states in weights_only-loadable form."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "name": str(name),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "python": _py_state_to_list(random.getstate()),
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(
+        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    random.setstate(_py_state_from_list(state["python"]))
+
+
+def _py_state_to_list(st) -> list:
+    version, internal, gauss = st
+    return [int(version), [int(x) for x in internal], gauss]
+
+
+def _py_state_from_list(lst) -> tuple:
+    version, internal, gauss = lst
+    return (int(version), tuple(int(x) for x in internal), gauss)
+
+
+def model_payload(model) -> dict:
+    """The `netvlad.models.save_model` layout (format, version, config, state_dict) for `model`."""
+    cfg = getattr(model, "config", None)
+    cfg_dict = cfg.to_dict() if hasattr(cfg, "to_dict") else None
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return {"format": CKPT_FORMAT, "version": 1, "config": cfg_dict, "state_dict": state}
+
+
+def save_checkpoint(path: str | Path, model, train_state: dict) -> Path:
+    """Write a checkpoint that `netvlad.models.load_model` reads as a model, plus ``extra.train``."""
+    payload = model_payload(model)
+    payload["extra"] = {"train": train_state}
+    return atomic_torch_save(payload, path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file for the user
+        raise ValueError(f"{path}: unreadable checkpoint ({exc})") from exc
+    if not isinstance(ck, dict) or ck.get("format") != CKPT_FORMAT or "state_dict" not in ck:
+        raise ValueError(f"{path}: not a netvlad checkpoint")
+    return ck
+
+
+def cache_path(run_dir: str | Path, refresh_id: int) -> Path:
+    return Path(run_dir) / f"cache_r{refresh_id:06d}.pt"
+
+
+def save_cache(run_dir: str | Path, refresh_id: int, db: torch.Tensor, q: torch.Tensor) -> Path:
+    return atomic_torch_save(
+        {"refresh_id": int(refresh_id), "db": db.cpu(), "q": q.cpu()}, cache_path(run_dir, refresh_id)
+    )
+
+
+def load_cache(run_dir: str | Path, refresh_id: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    p = cache_path(run_dir, refresh_id)
+    if not p.is_file():
+        return None
+    c = torch.load(p, map_location="cpu", weights_only=True)
+    return c["db"], c["q"]
+
+
+def prune_caches(run_dir: str | Path, keep: set[int]) -> None:
+    for p in Path(run_dir).glob("cache_r*.pt"):
+        try:
+            rid = int(p.stem[len("cache_r") :])
+        except ValueError:
+            continue
+        if rid not in keep:
+            p.unlink(missing_ok=True)
