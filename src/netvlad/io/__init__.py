@@ -1,0 +1,57 @@
+"""Feature files: our HDF5 format (resumable, atomic), MATLAB's headerless ``.bin`` and hloc's layout.
+
+HDF5 feature file (the default, written by ``netvlad extract``):
+
+- dataset ``names``: N variable-length UTF-8 strings (image names relative to their root);
+- dataset ``descriptors``: N×D float32 or float16, chunked by rows;
+- attributes: ``format`` ("netvlad-features"), ``version``, ``fingerprint`` (the model's),
+  ``dim``, ``dtype``, ``preprocessing`` and ``model_config`` (JSON), ``names_sha256`` (hash of the
+  ordered names), ``complete`` (bool), ``bad_images`` (JSON list of names whose rows are NaN),
+  ``num_images``, ``compute`` (fp32 / bf16 / fp16: the arithmetic the model ran in).
+
+A run writes ``OUT.partial.h5`` (with a per-row ``written`` mask and a ``done`` count, flushed
+after every batch) and renames it to OUT when complete, so OUT is never a partial file. This is
+what the MATLAB original lacks: it truncates ``.bin`` files in place and never recomputes an
+existing one, so an interrupted run silently poisons every later run (spec, Robustness).
+
+This subpackage is the only place that imports h5py.
+"""
+
+from __future__ import annotations
+
+from netvlad.io.features import (
+    FORMAT,
+    VERSION,
+    FeatureFileError,
+    FeatureIdentity,
+    FeatureWriter,
+    OutputStatus,
+    names_sha256,
+    output_status,
+    partial_path,
+    read_attrs,
+    read_features,
+    write_features,
+)
+from netvlad.io.hloc import export_hloc, read_hloc
+from netvlad.io.matlab import read_bin, read_bin_pair, write_bin
+
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "FeatureFileError",
+    "FeatureIdentity",
+    "FeatureWriter",
+    "OutputStatus",
+    "export_hloc",
+    "names_sha256",
+    "output_status",
+    "partial_path",
+    "read_attrs",
+    "read_bin",
+    "read_bin_pair",
+    "read_features",
+    "read_hloc",
+    "write_bin",
+    "write_features",
+]
