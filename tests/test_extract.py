@@ -312,3 +312,56 @@ def test_cli_dataset_split_all(model, images, tmp_path, capsys):
     assert io.read_features(tmp_path / "f_db.h5")[0] == names[:4]
     assert io.read_features(tmp_path / "f_query.h5")[0] == names[4:]
 
+
+
+def test_max_side_zero_keeps_native_resolution(model, images, tmp_path):
+    """max_side: None keeps the model's resize, N caps the longest side, 0 means no resize at all."""
+    import copy
+
+    from netvlad.models import Preprocess
+
+    root, names = images
+    paths = _paths(root, names)[:3]  # 80×64, 64×48, 80×64
+    capped = copy.deepcopy(model)
+    capped.set_preprocess(Preprocess.from_dict({**model.preprocess.to_dict(), "max_side": 70}))
+    assert model.preprocess.max_side is None and capped.fingerprint() != model.fingerprint()
+    native = np.stack([extract.compute_representation(model, p) for p in paths])
+    resized = np.stack([extract.compute_representation(capped, p) for p in paths])
+    cos = (native * resized).sum(1)
+    assert cos[0] < 0.999 and cos[1] > 0.99999  # 80×64 is downscaled, 64×48 already fits
+    kw = {"num_workers": 0, "progress": False}
+    np.testing.assert_allclose(extract.compute_descriptors(capped, paths, **kw), resized, atol=1e-5)
+    np.testing.assert_allclose(extract.compute_descriptors(capped, paths, max_side=0, **kw), native,
+                               atol=1e-5)
+    np.testing.assert_allclose(extract.compute_descriptors(model, paths, max_side=70, **kw), resized,
+                               atol=1e-5)
+    out = extract.extract_features(capped, paths, names[:3], tmp_path / "n.h5", max_side=0, **kw)
+    _, d, attrs = io.read_features(out)
+    np.testing.assert_allclose(d, native, atol=1e-5)
+    assert attrs["preprocessing"]["max_side"] is None  # what was really applied is recorded
+    assert io.read_attrs(extract.extract_features(capped, paths, names[:3], tmp_path / "c.h5", **kw)
+                         )["preprocessing"]["max_side"] == 70
+    with pytest.raises(ValueError, match="max_side must be >= 0"):
+        extract.compute_descriptors(model, paths, max_side=-1, **kw)
+
+
+def test_model_ref_attribute(model, images, tmp_path, monkeypatch, capsys):
+    root, names = images
+    paths = _paths(root, names)[:2]
+    out = extract.extract_features(model, paths, names[:2], tmp_path / "r.h5", num_workers=0, progress=False,
+                                   model_ref="some-preset")
+    assert io.read_attrs(out)["model_ref"] == "some-preset"
+    out = extract.extract_features(model, paths, names[:2], tmp_path / "none.h5", num_workers=0,
+                                   progress=False)
+    assert "model_ref" not in io.read_attrs(out)
+    # provenance only: the same model under another reference is the same file (up to date)
+    mtime = out.stat().st_mtime_ns
+    extract.extract_features(model, paths, names[:2], out, num_workers=0, progress=False, model_ref="x")
+    assert out.stat().st_mtime_ns == mtime
+    save_model(model, tmp_path / "m.pt")
+    monkeypatch.chdir(tmp_path)
+    common = ["extract", "m.pt", "--images", str(root), "--workers", "0", "--no-progress"]
+    assert main(common + ["--out", "cli.h5"]) == 0
+    assert io.read_attrs(tmp_path / "cli.h5")["model_ref"] == str((tmp_path / "m.pt").resolve())
+    assert main(common + ["--out", "x.h5", "--max-side", "-1"]) == 2
+    assert "--max-side must be >= 0 (0: native resolution)" in capsys.readouterr().err

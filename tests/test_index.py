@@ -283,3 +283,111 @@ def test_query_cli_errors(query_setup, tmp_path, capsys):
         == 2
     )
     assert "did not produce" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------
+# NaN rows (images that failed extraction with --skip-bad) and the model reference
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_topk_refuses_nan_rows(backend):
+    rng = np.random.default_rng(5)
+    db = l2_normalize(rng.standard_normal((20, 6)))
+    q = l2_normalize(rng.standard_normal((9, 6)))
+    bad = db.copy()
+    bad[[9, 13]] = np.nan
+    with pytest.raises(
+        ValueError, match=r"database descriptors contain NaN/inf: row 9 and 1 more.*bad_images"
+    ):
+        topk(q, bad, 3, block=8, backend=backend)  # row 9 is in the second block
+    qb = q.copy()
+    qb[4, 2] = np.inf
+    with pytest.raises(ValueError, match="query descriptors contain NaN/inf: row 4;"):
+        topk(qb, db, 3, backend=backend)
+
+
+def test_indexes_refuse_nan_rows():
+    x = np.eye(4, dtype=np.float32)
+    x[2] = np.nan
+    for kind in ("exact", "flat"):
+        with pytest.raises(ValueError, match="database descriptors contain NaN/inf: row 2"):
+            build_index(x, kind)
+    idx = build_index(np.eye(4, dtype=np.float32), "flat")
+    with pytest.raises(ValueError, match="query descriptors contain NaN/inf: row 1"):
+        idx.search(np.array([[1, 0, 0, 0], [np.nan, 0, 0, 0]], np.float32), 1)
+
+
+def test_index_build_cli_drops_nan_rows(query_setup, tmp_path, capsys, caplog):
+    from netvlad.cli import main
+    from netvlad.io import write_features
+
+    root, names, utm, desc = query_setup
+    d = desc.copy()
+    d[[1, 4]] = np.nan
+    write_features(
+        tmp_path / "bad.h5", names, d, {"fingerprint": "f" * 64, "bad_images": [names[1], names[4]]}
+    )
+    args = ["index", "build", str(tmp_path / "bad.h5"), "--out", str(tmp_path / "idx"), "--type", "exact"]
+    with caplog.at_level("WARNING"):
+        assert main([*args, "--dataset", str(root / "ds.csv")]) == 0
+    msg = f"2 NaN descriptor(s) (images that failed extraction) left out of the index: {names[1]}, {names[4]}"
+    assert msg in caplog.text
+    assert "exact index of 4 320-D descriptors with coordinates" in capsys.readouterr().out
+    idx = load_index(tmp_path / "idx")
+    keep = [0, 2, 3, 5]
+    assert idx.names == [names[i] for i in keep]
+    np.testing.assert_allclose(idx.utm, utm[keep])  # coordinates follow the kept names
+    scores, ids = idx.search(desc[keep], 1)
+    assert [idx.names[i] for i in ids[:, 0]] == [names[i] for i in keep]
+    np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-5)
+    d[:] = np.nan
+    write_features(tmp_path / "allbad.h5", names, d)
+    assert main(["index", "build", str(tmp_path / "allbad.h5"), "--out", str(tmp_path / "idx2")]) == 2
+    assert "all 6 descriptors are NaN" in capsys.readouterr().err
+
+
+def test_model_reference_from_extract_to_query(query_setup, tmp_path, monkeypatch, capsys):
+    """extract records model_ref; index build and query use it without --model (preset and checkpoint)."""
+    import json
+
+    from netvlad.cli import main
+    from netvlad.io import read_attrs
+    from netvlad.models import load_model, save_model
+
+    root, names, _, _ = query_setup
+    imgs = root / "db"
+    ext = ["--images", str(imgs), "--workers", "0", "--no-progress", "--max-side", "40"]
+    assert main(["extract", "lite0-max", *ext, "--out", str(tmp_path / "p.h5")]) == 0
+    assert read_attrs(tmp_path / "p.h5")["model_ref"] == "lite0-max"
+    assert read_attrs(tmp_path / "p.h5")["preprocessing"]["max_side"] == 40
+    assert main(["index", "build", str(tmp_path / "p.h5"), "--out", str(tmp_path / "p.idx")]) == 0
+    assert "model lite0-max" in capsys.readouterr().out
+    assert load_index(tmp_path / "p.idx").meta["model"] == "lite0-max"
+    assert main(["query", str(tmp_path / "p.idx"), str(imgs / "0002.png"), "--k", "2", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    top = res[0]["results"][0]
+    # the photo is described at the database's resolution (max_side 40): an exact self-match
+    assert top["name"] == "0002.png" and top["score"] == pytest.approx(1.0, abs=1e-5)
+
+    # a checkpoint given by a relative path is recorded as an absolute one
+    (tmp_path / "models").mkdir()
+    save_model(load_model("lite0-max"), tmp_path / "models" / "m.pt")
+    monkeypatch.chdir(tmp_path / "models")
+    assert main(["extract", "m.pt", *ext, "--out", str(tmp_path / "c.h5")]) == 0
+    ckpt = str((tmp_path / "models" / "m.pt").resolve())
+    assert read_attrs(tmp_path / "c.h5")["model_ref"] == ckpt
+    monkeypatch.chdir(tmp_path)
+    assert main(["index", "build", str(tmp_path / "c.h5"), "--out", str(tmp_path / "c.idx")]) == 0
+    assert load_index(tmp_path / "c.idx").meta["model"] == ckpt
+    capsys.readouterr()
+    assert main(["query", str(tmp_path / "c.idx"), str(imgs / "0004.png"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["results"][0]["name"] == "0004.png"
+    # the recorded checkpoint moved: a clear error, and --model still overrides
+    (tmp_path / "models" / "m.pt").rename(tmp_path / "moved.pt")
+    assert main(["query", str(tmp_path / "c.idx"), str(imgs / "0004.png")]) == 2
+    err = capsys.readouterr().err
+    assert f"records model {ckpt}, which cannot be loaded" in err and "pass --model MODEL" in err
+    assert (
+        main(["query", str(tmp_path / "c.idx"), str(imgs / "0004.png"), "--model", "moved.pt", "--json"]) == 0
+    )
+    assert json.loads(capsys.readouterr().out)[0]["results"][0]["name"] == "0004.png"

@@ -27,10 +27,14 @@ def _oracle_recall(q, db, q_utm, db_utm, ns, radius=25.0, groups=None, exclude=N
     """Spec §1.11 in plain loops, float64: squared-L2 ranking, ties by index, 25 m positives."""
     hits = []
     for i in range(len(q)):
+        if not np.isfinite(q[i]).all():  # a failed image: retrieves nothing, stays in the denominator
+            hits.append([False] * len(ns))
+            continue
         dist = [
             float(((q[i].astype(np.float64) - db[j].astype(np.float64)) ** 2).sum()) for j in range(len(db))
         ]
-        order = sorted(range(len(db)), key=lambda j: (dist[j], j))
+        valid = [j for j in range(len(db)) if np.isfinite(db[j]).all()]  # failed db images never ranked
+        order = sorted(valid, key=lambda j: (dist[j], j))
         if exclude is not None:
             order = [j for j in order if j not in set(exclude[i].tolist())]
         if groups is not None:
@@ -462,3 +466,85 @@ def test_evaluate_dataset_tokyotm_timestamps_and_rank_loss():
         dp = min(float(((q[i] - db[j]) ** 2).sum()) for j in p)
         losses.append(np.mean([max(0.0, dp + 0.1 - float(((q[i] - db[j]) ** 2).sum())) for j in n]))
     assert res["rank_loss"] == pytest.approx(np.mean(losses), rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# NaN rows (images that failed extraction with --skip-bad)
+
+
+@pytest.mark.parametrize("groups", [False, True])
+def test_evaluate_nan_rows_against_oracle(groups):
+    rng = np.random.default_rng(3)
+    db = l2_normalize(rng.standard_normal((80, 10)))
+    db_utm = rng.uniform(0, 150, size=(80, 2))
+    q_utm = db_utm[:20] + rng.normal(0, 5, size=(20, 2))
+    q = l2_normalize(db[:20] + 0.5 * rng.standard_normal((20, 10)))
+    bad_db = [0, 3, 7, 40, 79]  # incl. positives and near-duplicates of queries
+    db[bad_db] = np.nan
+    q[[2, 11]] = np.nan
+    g = np.arange(80) // 4 if groups else None
+    pos = _positives(q_utm, db_utm)
+    ns = [1, 2, 5, 10, 30]
+    res = evaluate(db, q, pos, ns=ns, groups=g, block=13)
+    expect = _oracle_recall(q, db, q_utm, db_utm, ns, groups=g)
+    np.testing.assert_allclose([res["recall"][n] for n in ns], expect)
+    assert res["num_queries"] == 20  # NaN queries stay in the denominator
+    assert res["bad_queries"].tolist() == [2, 11] and res["bad_db"].tolist() == bad_db
+    assert (res["first_hit"][[2, 11]] == -1).all() and (res["top"][[2, 11]] == -1).all()
+    assert not np.isin(res["top"], bad_db).any()  # never returned
+    # with sampling, bad queries are reported among the evaluated ones only
+    res = evaluate(db, q, pos, ns=ns, sample=10)
+    assert set(res["bad_queries"].tolist()) == {2, 11} & set(res["query_indices"].tolist())
+
+
+def test_evaluate_all_nan_database_is_an_error():
+    db = np.full((4, 3), np.nan, np.float32)
+    with pytest.raises(ValueError, match="all 4 database descriptors are NaN"):
+        evaluate(db, np.ones((1, 3), np.float32), [np.array([0])], ns=[1])
+
+
+def test_evaluate_dataset_rank_loss_skips_nan_rows(tmp_path):
+    ds, db, q, _, _ = _setup_eval(tmp_path)
+    db, q = db.copy(), q.copy()
+    db[[1, 5]] = np.nan
+    q[0] = np.nan
+    res = evaluate_dataset(ds, db, q, ns=[1, 5], rank_sample=8, num_negatives=20)
+    assert np.isfinite(res["rank_loss"]) and res["rank_loss"] >= 0
+
+
+def test_evaluate_cli_reports_nan_rows(tmp_path, capsys):
+    import json
+
+    from netvlad.cli import main
+    from netvlad.io import write_features
+
+    ds, db, q, db_utm, q_utm = _setup_eval(tmp_path)
+    db, q = db.copy(), q.copy()
+    db[[4, 9, 30]] = np.nan
+    q[[1, 6]] = np.nan
+    bad_db = [ds.db_images[i] for i in (4, 9, 30)]
+    bad_q = [ds.query_images[i] for i in (1, 6)]
+    write_features(tmp_path / "db.h5", ds.db_images, db, {"bad_images": bad_db})
+    write_features(tmp_path / "q.h5", ds.query_images, q, {"bad_images": bad_q})
+    args = ["evaluate", "--dataset", str(tmp_path / "ds.csv"), "--db", str(tmp_path / "db.h5")]
+    args += ["--queries", str(tmp_path / "q.h5"), "--report", str(tmp_path / "r.json")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert (
+        f"2 of 12 queries have NaN descriptors (images that failed extraction), counted as failures: "
+        f"{bad_q[0]}, {bad_q[1]}" in out
+    )
+    assert (
+        f"3 of 60 database images have NaN descriptors (images that failed extraction), never "
+        f"retrieved: {', '.join(bad_db)}" in out
+    )
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["bad_queries"] == {"count": 2, "names": bad_q}
+    assert rep["bad_db"] == {"count": 3, "names": bad_db}
+    assert rep["num_queries"] == 12
+    expect = _oracle_recall(q, db, q_utm, db_utm, DEFAULT_NS)
+    np.testing.assert_allclose([rep["recall"][str(n)] for n in DEFAULT_NS], expect)
+    assert rep["recall"]["100"] == pytest.approx(8 / 12)  # 2 far + 2 failed queries miss
+    rows = {r["query"]: r for r in rep["queries"]}
+    assert all(rows[n]["rank"] is None and rows[n]["top"] == [] for n in bad_q)
+    assert not any(set(r["top"]) & set(bad_db) for r in rep["queries"])

@@ -218,8 +218,11 @@ def test_benchmark_retrieval_wiring(tmp_path, monkeypatch):
     root = _oxford(tmp_path / "ox")
     seen = []
 
+    sides = []
+
     def fake_descriptors(model, paths, **kw):
         seen.append([p.name for p in paths])
+        sides.append(kw["max_side"])
         out = []
         for p in paths:
             with Image.open(p) as im:
@@ -244,6 +247,10 @@ def test_benchmark_retrieval_wiring(tmp_path, monkeypatch):
     assert 0 <= res["results"][4]["protocols"]["default"]["map"] <= 100
     res = retrieval.benchmark_retrieval(Model(), "oxford5k", root, crop=False, progress=False)
     assert res["queries"] == "full" and len(seen) == 3  # full queries reuse the database descriptors
+    # native resolution by default (the protocol), whatever the model's preprocessing resizes to
+    assert sides == [0, 0, 0] and res["max_side"] == 0
+    retrieval.benchmark_retrieval(Model(), "oxford5k", root, crop=False, progress=False, max_side=None)
+    assert sides[-1] is None
 
 
 def test_benchmark_retrieval_cli_holidays(tmp_path, capsys):
@@ -275,6 +282,7 @@ def test_benchmark_retrieval_cli_holidays(tmp_path, capsys):
     assert "holidays (full queries): 3 queries, 6 images" in out
     rep = json.loads((tmp_path / "r.json").read_text())
     assert sorted(rep["results"], key=int) == ["16", "320"]
+    assert rep["max_side"] == 0  # native resolution, as the protocol
     aps = rep["results"]["320"]["protocols"]["default"]["ap"]
     assert aps[2] is None  # the last query has no other image in its group
     assert 0.0 <= rep["results"]["320"]["protocols"]["default"]["map"] <= 100.0

@@ -47,7 +47,12 @@ class ExtractConfig:
         bf16: autocast to bfloat16 on any device (the fast CPU path on AVX512_BF16 machines).
         skip_bad: record unreadable images (NaN rows, ``bad_images`` attribute) instead of stopping.
         overwrite: replace an existing output from another model/image list.
-        max_side: override the model's preprocessing resize (longest side in pixels).
+        max_side: override the model's preprocessing resize: None keeps the model's, a positive
+            value caps the longest side at that many pixels, 0 means native resolution (no resize,
+            even when the model's preprocessing has a max_side; the benchmarks' protocol).
+        model_ref: how to rebuild the model later (a preset name or a checkpoint's absolute path),
+            stored as the feature file's ``model_ref`` attribute so ``netvlad index build`` and
+            ``netvlad query`` need no --model. Provenance only: not part of the file's identity.
         channels_last: NHWC memory format (20-35% faster on CPU with oneDNN).
         tune_malloc: apply :func:`tune_malloc` when running on CPU.
         progress: show a tqdm bar (images/s).
@@ -62,6 +67,7 @@ class ExtractConfig:
     skip_bad: bool = False
     overwrite: bool = False
     max_side: int | None = None
+    model_ref: str | None = None
     channels_last: bool = True
     tune_malloc: bool = True
     progress: bool = True
@@ -157,10 +163,14 @@ def _worker_init(_worker_id: int) -> None:
 
 
 def _preprocess_for(model: torch.nn.Module, max_side: int | None) -> Any:
+    """The model's Preprocess with ``ExtractConfig.max_side`` applied (None: as is, 0: no resize)."""
     pre = model.preprocess
-    if max_side is not None:
-        pre = dataclasses.replace(pre, max_side=int(max_side))
-    return pre
+    if max_side is None:
+        return pre
+    if int(max_side) < 0:
+        raise ValueError(f"max_side must be >= 0 (0: native resolution), got {max_side}")
+    # Preprocess says "no resize" with max_side=None.
+    return dataclasses.replace(pre, max_side=int(max_side) or None)
 
 
 def _as_dict(obj: Any) -> dict:
@@ -279,7 +289,8 @@ def extract_features(model, paths: Sequence[str | Path], names: Sequence[str], o
         names: N names stored in the file (usually paths relative to the image root).
         out: output ``.h5``; written as ``OUT.partial.h5`` and renamed when complete.
         config: :class:`ExtractConfig`; keyword ``overrides`` replace its fields
-            (``batch_size=``, ``num_workers=``, ``device=``, ``half=``, ``amp=``, ``skip_bad=``, ...).
+            (``batch_size=``, ``num_workers=``, ``device=``, ``half=``, ``amp=``, ``skip_bad=``,
+            ``max_side=`` (0: native resolution), ``model_ref=``, ...).
         callback: called as ``callback(rows_done, num_images)`` after each stored batch.
 
     Returns:
@@ -308,6 +319,8 @@ def extract_features(model, paths: Sequence[str | Path], names: Sequence[str], o
     attrs = {"fingerprint": model.fingerprint(), "preprocessing": _as_dict(pre),
              "model_config": _as_dict(getattr(model, "config", {})),
              "compute": _compute_type(cfg)}
+    if cfg.model_ref:
+        attrs["model_ref"] = str(cfg.model_ref)
     writer = FeatureWriter(out, names, int(model.out_dim), "float16" if cfg.half else "float32", attrs,
                            overwrite=cfg.overwrite)
     todo = writer.open()
@@ -348,6 +361,7 @@ def compute_descriptors(model, paths: Sequence[str | Path], config: ExtractConfi
     cfg = _config(config, overrides)
     paths = [Path(p) for p in paths]
     _check_model(model)
+    _preprocess_for(model, cfg.max_side)  # a bad max_side fails before any image is read
     result = np.full((len(paths), int(model.out_dim)), np.nan, dtype=np.float32)
     with contextlib.closing(_iter_descriptors(model, paths, np.ones(len(paths), bool), cfg,
                                               desc="descriptors")) as batches:

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 from pathlib import Path
 
 import numpy as np
 
 from netvlad.cli import CLIError
-
-log = logging.getLogger(__name__)
 
 
 def register(sub) -> None:
@@ -27,7 +24,9 @@ def register(sub) -> None:
         "descriptors, a hit when any database image within the positive radius (25 m) is in the top N,\n"
         "every query in the denominator (no positive = failure), the dataset's rules applied (Tokyo 24/7\n"
         "panorama de-duplication, TokyoTM same-timestamp exclusion) and a per-condition breakdown when\n"
-        "the dataset labels its queries (Tokyo 24/7 day/sunset/night).",
+        "the dataset labels its queries (Tokyo 24/7 day/sunset/night).\n\n"
+        "Images that failed extraction (--skip-bad: NaN rows, bad_images attribute) are reported: such\n"
+        "a query counts as a failure, such a database image is never retrieved.",
         epilog="examples:\n"
         "  netvlad evaluate --dataset pitts30k_test.mat --db f_db.h5 --queries f_query.h5\n"
         "  netvlad evaluate --dataset tokyo247.mat --db f_db.h5 --queries f_query.h5 --crop-dim 256 \\\n"
@@ -110,6 +109,14 @@ def register(sub) -> None:
     )
     r.add_argument("--batch-size", type=int, default=1, help="images per batch (default 1, as the original)")
     r.add_argument("--device", default="cpu")
+    r.add_argument(
+        "--max-side",
+        type=int,
+        default=0,
+        metavar="PX",
+        help="cap the longest image side at PX pixels (default 0: native resolution, as the protocol, "
+        "whatever the model's preprocessing says)",
+    )
     r.add_argument("--report", type=Path, metavar="R.json")
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(func=run_benchmark)
@@ -131,7 +138,8 @@ def _write_atomic(path: Path, text: str) -> None:
 def align_features(path: Path, wanted: list[str], role: str) -> tuple[np.ndarray, dict]:
     """Rows of the feature file ``path`` in the order of ``wanted`` names (clear error when missing).
 
-    NaN rows (images skipped as bad during extraction) become zero vectors, with a warning.
+    NaN rows (images skipped as bad during extraction) stay NaN: :func:`netvlad.metrics.evaluate`
+    never ranks such a database image and counts such a query as a failure.
     """
     from netvlad.io import read_features
 
@@ -147,13 +155,29 @@ def align_features(path: Path, wanted: list[str], role: str) -> tuple[np.ndarray
                 f"feature file, e.g. {', '.join(missing[:5])}"
             )
         rows = desc[[pos[n] for n in wanted]]
-    bad = ~np.isfinite(rows).all(axis=1)
-    if bad.any():
-        log.warning(
-            "%s: %d %s descriptors are NaN (bad images); they count as zero vectors", path, bad.sum(), role
-        )
-        rows = np.where(bad[:, None], 0.0, rows).astype(np.float32)
     return np.asarray(rows, dtype=np.float32), attrs
+
+
+def _first_names(names: list[str], n: int = 5) -> str:
+    return ", ".join(names[:n]) + (" ..." if len(names) > n else "")
+
+
+def bad_descriptor_lines(res: dict, ds) -> list[str]:
+    """Human-readable lines about NaN descriptors (failed images) in an evaluation, if any."""
+    lines = []
+    bq = [ds.query_images[int(i)] for i in res.get("bad_queries", [])]
+    bd = [ds.db_images[int(i)] for i in res.get("bad_db", [])]
+    if bq:
+        lines.append(
+            f"{len(bq)} of {res['num_queries']} queries have NaN descriptors (images that failed "
+            f"extraction), counted as failures: {_first_names(bq)}"
+        )
+    if bd:
+        lines.append(
+            f"{len(bd)} of {res['num_db']} database images have NaN descriptors (images that failed "
+            f"extraction), never retrieved: {_first_names(bd)}"
+        )
+    return lines
 
 
 def build_report(res: dict, ds, label: str, db_path: Path, q_path: Path | None) -> dict:
@@ -172,6 +196,15 @@ def build_report(res: dict, ds, label: str, db_path: Path, q_path: Path | None) 
         "seed": res["seed"],
         "ns": ns,
         "recall": {str(n): res["recall"][n] for n in ns},
+        # Images that failed extraction (NaN rows): queries count as failures, db images are never ranked.
+        "bad_queries": {
+            "count": len(res.get("bad_queries", [])),
+            "names": [ds.query_images[int(i)] for i in res.get("bad_queries", [])],
+        },
+        "bad_db": {
+            "count": len(res.get("bad_db", [])),
+            "names": [ds.db_images[int(i)] for i in res.get("bad_db", [])],
+        },
     }
     if "by_condition" in res:
         report["by_condition"] = {
@@ -251,6 +284,8 @@ def run_evaluate(args) -> int:
     res = evaluate_dataset(ds, db, q, ns=args.ns, crop_dim=args.crop_dim, sample=args.sample)
     label = args.label or f"{ds.name} ({args.db.name}{f', {args.crop_dim}-D' if args.crop_dim else ''})"
     print(f"{label}: {res['num_queries']} queries, {res['num_db']} database images, {res['dim']}-D")
+    for line in bad_descriptor_lines(res, ds):
+        print(line)
     print(format_recall_table(res["recall"], res.get("by_condition")))
     if args.report:
         report = build_report(res, ds, label, args.db, args.queries)
@@ -285,6 +320,8 @@ def run_benchmark(args) -> int:
     from netvlad.models import load_model
     from netvlad.retrieval import benchmark_retrieval
 
+    if args.max_side < 0:
+        raise CLIError(f"--max-side must be >= 0 (0: native resolution), got {args.max_side}")
     model = load_model(args.model, device=args.device)
     dims = args.dims or [None, 256]
     res = benchmark_retrieval(
@@ -297,6 +334,7 @@ def run_benchmark(args) -> int:
         batch_size=args.batch_size,
         device=args.device,
         progress=not args.no_progress,
+        max_side=args.max_side,
     )
     print(
         f"{res['benchmark']} ({res['queries']} queries): {res['num_queries']} queries, {res['num_db']} images"
@@ -311,6 +349,7 @@ def run_benchmark(args) -> int:
             "model": str(args.model),
             "queries": res["queries"],
             "grow": res["grow"],
+            "max_side": args.max_side,
             "num_db": res["num_db"],
             "num_queries": res["num_queries"],
             "results": {str(d): r for d, r in res["results"].items()},

@@ -20,7 +20,8 @@ def register(sub) -> None:
         "extract", help="extract descriptors into a feature file (resumable)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run MODEL over images and store one descriptor per image.\n\n"
-        "Output: HDF5 (names + descriptors + model fingerprint/preprocessing attributes), MATLAB's\n"
+        "Output: HDF5 (names + descriptors + model fingerprint/preprocessing attributes, and model_ref:\n"
+        "the preset name or the checkpoint's absolute path, for `netvlad index build`/`query`), MATLAB's\n"
         "headerless float32 .bin (image-major), or hloc's layout (a group per image name with\n"
         "global_descriptor). An interrupted run leaves OUT.partial.h5 and resumes on the next run;\n"
         "an existing OUT from the same model and image list is reported up to date, one from another\n"
@@ -59,8 +60,9 @@ def register(sub) -> None:
     p.add_argument("--skip-bad", action="store_true",
                    help="record unreadable images (NaN rows, bad_images attribute) instead of stopping")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output from another run")
-    p.add_argument("--max-side", type=int, default=d.max_side,
-                   help="resize so the longest side is at most this many pixels (overrides the model's)")
+    p.add_argument("--max-side", type=int, default=d.max_side, metavar="PX",
+                   help="resize so the longest side is at most PX pixels, overriding the model's "
+                   "preprocessing; 0 keeps native resolution (default: the model's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -82,6 +84,17 @@ def list_images(root: Path, list_file: Path | None = None) -> list[str]:
             f"no images ({'/'.join(IMAGE_EXTENSIONS)}) under {root}"
         raise CLIError(f"empty image list: {what}")
     return names
+
+
+def model_reference(model: str) -> str:
+    """What to record so that a later command can rebuild ``model`` (a MODEL argument): a preset
+    name as is (resolved as ``load_model`` does: an existing file wins), a checkpoint as an
+    absolute path, so the reference still works from another working directory."""
+    from netvlad.models import PRESETS
+
+    if model in PRESETS and not Path(model).exists():
+        return model
+    return str(Path(model).resolve())
 
 
 def _with_suffix_tag(out: Path, tag: str) -> Path:
@@ -115,9 +128,12 @@ def run(args) -> int:
     from netvlad.extract import ExtractConfig, extract_features
     from netvlad.models import load_model
 
+    if args.max_side is not None and args.max_side < 0:
+        raise CLIError(f"--max-side must be >= 0 (0: native resolution), got {args.max_side}")
     cfg = ExtractConfig(batch_size=args.batch_size, num_workers=args.workers, device=args.device,
                         half=args.half, amp=args.amp, bf16=args.bf16, skip_bad=args.skip_bad,
-                        overwrite=args.overwrite, max_side=args.max_side, progress=not args.no_progress)
+                        overwrite=args.overwrite, max_side=args.max_side, progress=not args.no_progress,
+                        model_ref=model_reference(args.model))
     jobs = _jobs(args)
     for _, _, out in jobs:
         if args.format != "h5" and out.exists() and not args.overwrite:

@@ -28,9 +28,10 @@ def register(sub) -> None:
         description="Index types: exact (our blockwise exact search), flat (FAISS exact inner product),\n"
         "ivfflat (IVF, --nprobe cells per query), ivfpq (IVF-PQ + exact re-rank of --k-factor*k\n"
         "candidates: small memory), hnsw (graph). Up to ~100k x 4096-D exact search is fast enough;\n"
-        "at 1M reduce to 256-512-D (PCA) and use ivfflat or ivfpq.",
+        "at 1M reduce to 256-512-D (PCA) and use ivfflat or ivfpq. NaN rows of FEATS (images that\n"
+        "failed extraction with --skip-bad) are left out with a warning.",
         epilog="examples:\n"
-        "  netvlad index build f_db.h5 --out city.idx --dataset city.csv --model model.pt\n"
+        "  netvlad index build f_db.h5 --out city.idx --dataset city.csv\n"
         "  netvlad index build f_db.h5 --out big.idx --type ivfpq --pq-m 32 --nprobe 64",
     )
     b.add_argument("features", metavar="FEATS", type=Path, help="database feature file")
@@ -40,7 +41,8 @@ def register(sub) -> None:
     b.add_argument(
         "--model",
         metavar="MODEL",
-        help="record this model (preset or checkpoint path) so `netvlad query` can rebuild it",
+        help="record this model (preset or checkpoint path) so `netvlad query` can rebuild it "
+        "(default: the model_ref that `netvlad extract` stored in FEATS)",
     )
     b.add_argument(
         "--nlist", type=int, default=d.nlist, help="IVF cells (default: about 4*sqrt(N), at most 1024)"
@@ -102,16 +104,29 @@ def run_build(args) -> int:
 
     names, desc, attrs = read_features(args.features)
     bad = ~np.isfinite(desc).all(axis=1)
+    if bad.all():
+        raise CLIError(
+            f"{args.features}: all {len(names)} descriptors are NaN (images that failed extraction)"
+        )
     if bad.any():
-        log.warning("%s: %d NaN descriptors (bad images) left out of the index", args.features, bad.sum())
+        dropped = [n for n, b in zip(names, bad) if b]
+        log.warning(
+            "%s: %d NaN descriptor(s) (images that failed extraction) left out of the index: %s",
+            args.features,
+            len(dropped),
+            ", ".join(dropped[:5]) + (" ..." if len(dropped) > 5 else ""),
+        )
         names = [n for n, b in zip(names, bad) if not b]
         desc = desc[~bad]
     utm, zone = (None, None)
     if args.dataset:
         utm, zone = _attach_coordinates(names, args.dataset)
+    from netvlad.cli.extract_cmd import model_reference
+
+    model_ref = model_reference(args.model) if args.model else attrs.get("model_ref")
     meta = {
         "fingerprint": attrs.get("fingerprint"),
-        "model": args.model,
+        "model": model_ref,
         "zone": zone,
         "features": str(args.features),
         "dataset": args.dataset,
@@ -142,14 +157,25 @@ def run_build(args) -> int:
     print(
         f"{args.out}: {args.type} index of {index.ntotal} {index.dim}-D descriptors"
         f"{' with coordinates' if utm is not None else ''}"
+        + (f", model {model_ref}" if model_ref else ", no model recorded (netvlad query will need --model)")
+        + (f"; {int(bad.sum())} NaN descriptor(s) left out" if bad.any() else "")
     )
     return 0
 
 
 def search_images(
-    index, model, images: list[Path], k: int, device: str = "cpu", batch_size: int = 1
+    index,
+    model,
+    images: list[Path],
+    k: int,
+    device: str = "cpu",
+    batch_size: int = 1,
+    max_side: int | None = None,
 ) -> list[dict]:
-    """Describe ``images`` with ``model``, search ``index``; one result dict per image."""
+    """Describe ``images`` with ``model``, search ``index``; one result dict per image.
+
+    ``max_side`` is ``ExtractConfig.max_side`` (None: the model's preprocessing, 0: native).
+    """
     from netvlad.extract import compute_descriptors
 
     for img in images:
@@ -163,6 +189,7 @@ def search_images(
         device=device,
         progress=len(images) > 20,
         num_workers=0 if len(images) < 16 else 2,
+        max_side=max_side,
     )
     scores, ids = index.search(desc, k)
     out = []
@@ -204,7 +231,14 @@ def run_query(args) -> int:
         raise CLIError(
             f"{args.index} records no model; pass --model MODEL (the one that extracted its features)"
         )
-    model = load_model(ref, device=args.device)
+    try:
+        model = load_model(ref, device=args.device)
+    except FileNotFoundError as exc:
+        if args.model:
+            raise
+        raise CLIError(
+            f"{args.index} records model {ref}, which cannot be loaded ({exc}); pass --model MODEL"
+        ) from exc
     want = index.meta.get("fingerprint")
     if want and model.fingerprint() != want:
         raise CLIError(
@@ -213,7 +247,11 @@ def run_query(args) -> int:
         )
     if getattr(model, "out_dim", index.dim) != index.dim:
         raise CLIError(f"model {ref} gives {model.out_dim}-D descriptors, {args.index} holds {index.dim}-D")
-    res = search_images(index, model, list(args.images), args.k, args.device, args.batch_size)
+    # Describe the photos at the resolution the database was extracted at (`extract --max-side`
+    # overrides the model's resize and is recorded in the feature file's preprocessing).
+    pre = index.meta.get("preprocessing") or {}
+    max_side = (pre["max_side"] or 0) if "max_side" in pre else None
+    res = search_images(index, model, list(args.images), args.k, args.device, args.batch_size, max_side)
     if args.json:
         print(json.dumps(res, indent=1))
         return 0

@@ -27,6 +27,18 @@ def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     return x / (np.linalg.norm(x, axis=1, keepdims=True) + np.float32(eps))
 
 
+def _check_finite(x: np.ndarray, what: str, offset: int = 0) -> None:
+    """ValueError naming the first non-finite row (NaN rows are images that failed extraction)."""
+    if np.isfinite(x).all():
+        return
+    bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+    more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+    raise ValueError(
+        f"{what} descriptors contain NaN/inf: row {int(bad[0]) + offset}{more}; NaN rows are images that "
+        f"failed extraction (feature-file attribute bad_images): drop them before searching"
+    )
+
+
 def _select_stable(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the k best (score descending, id ascending) of the candidates ``scores``/``ids`` (R×C)."""
     order = np.lexsort((ids, -scores), axis=-1)[:, :k]
@@ -67,7 +79,9 @@ def topk(
     """Exact k nearest database vectors of each query, blockwise over the database.
 
     Memory is O(Q·k + q_chunk·block): the full Q×N score matrix is never formed. ``k`` is clamped
-    to N (as ``rawNnSearch`` does). Ties are ordered by database index.
+    to N (as ``rawNnSearch`` does). Ties are ordered by database index. Non-finite rows (the NaN
+    rows of images that failed extraction) are refused with a ValueError naming the first one:
+    callers drop them first (``netvlad.metrics.evaluate`` and ``netvlad index build`` do).
 
     Args:
         queries: Q×D array (L2-normalised for the "ip" ranking to equal L2 ranking).
@@ -93,6 +107,7 @@ def topk(
     if q.shape[1] != db.shape[1]:
         raise ValueError(f"dimension mismatch: queries are {q.shape[1]}-D, database is {db.shape[1]}-D")
     nq, n = q.shape[0], db.shape[0]
+    _check_finite(q, "query")
     k = min(int(k), n)
     if k < 1 or nq == 0:
         return np.zeros((nq, max(k, 0)), np.float32), np.zeros((nq, max(k, 0)), np.int64)
@@ -158,6 +173,9 @@ def topk(
     run_i = [None] * len(run_s)
     for b0 in starts:
         dblk = np.asarray(db[b0 : b0 + block], dtype=np.float32)
+        # Per block (the block is in memory anyway): a NaN row would score NaN against every
+        # query and land at an arbitrary rank, so refuse instead of returning garbage.
+        _check_finite(dblk, "database", b0)
         dnorm = (dblk.astype(np.float64) ** 2).sum(1).astype(np.float32) if metric == "l2" else None
         dprep = prepare(dblk)  # moved to the device once per block
         for c, q0 in enumerate(range(0, nq, q_chunk)):

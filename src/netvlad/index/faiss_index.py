@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from netvlad.index.exact import topk
+from netvlad.index.exact import _check_finite, topk
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,7 @@ class SearchIndex:
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         if q.shape[1] != self.dim:
             raise ValueError(f"query dimension {q.shape[1]} does not match the index dimension {self.dim}")
+        _check_finite(q, "query")  # FAISS would return arbitrary neighbours for a NaN query
         k = min(int(k), self.ntotal)
         if self._faiss_index is None:
             return topk(q, self._desc, k)
@@ -182,7 +183,8 @@ def build_index(
     All rank by inner product, i.e. by L2 on L2-normalised descriptors.
 
     Args:
-        desc: N×D database descriptors (L2-normalised).
+        desc: N×D database descriptors (L2-normalised, finite: NaN rows of images that failed
+            extraction are refused; ``netvlad index build`` drops them with a warning).
         kind: index kind.
         names: N database image names (stored with the index).
         utm: N×2 coordinates (stored with the index).
@@ -202,6 +204,7 @@ def build_index(
     if x.ndim != 2 or x.shape[0] == 0:
         raise ValueError(f"descriptors must be a non-empty N×D array, got shape {x.shape}")
     n, d = x.shape
+    _check_finite(x, "database")
     if names is not None and len(names) != n:
         raise ValueError(f"{len(names)} names for {n} descriptors")
     if utm is not None:

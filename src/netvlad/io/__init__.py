@@ -7,7 +7,9 @@ HDF5 feature file (the default, written by ``netvlad extract``):
 - attributes: ``format`` ("netvlad-features"), ``version``, ``fingerprint`` (the model's),
   ``dim``, ``dtype``, ``preprocessing`` and ``model_config`` (JSON), ``names_sha256`` (hash of the
   ordered names), ``complete`` (bool), ``bad_images`` (JSON list of names whose rows are NaN),
-  ``num_images``, ``compute`` (fp32 / bf16 / fp16: the arithmetic the model ran in).
+  ``num_images``, ``compute`` (fp32 / bf16 / fp16: the arithmetic the model ran in) and, when
+  known, ``model_ref`` (the preset name or checkpoint's absolute path that ``netvlad extract`` ran:
+  provenance for ``netvlad index build``/``query``, not part of the file's identity).
 
 A run writes ``OUT.partial.h5`` (with a per-row ``written`` mask and a ``done`` count, flushed
 after every batch) and renames it to OUT when complete, so OUT is never a partial file. This is

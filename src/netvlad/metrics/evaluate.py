@@ -42,6 +42,8 @@ def evaluate(
     """recall@N of query descriptors against a database (testCore + recallAtN, spec §1.11).
 
     Exact squared-L2 ranking of L2-normalised descriptors (ties: smaller database id first).
+    NaN rows (images that failed extraction with ``skip_bad``): a NaN database image is never
+    ranked; a NaN query retrieves nothing and counts as a failure (it stays in the denominator).
 
     Args:
         db_desc: N×D database descriptors.
@@ -63,7 +65,9 @@ def evaluate(
         dict with "num_queries", "num_db", "dim", "ns", "recall" ({N: fraction}, N ascending),
         "query_indices" (evaluated queries, in order), "first_hit" (0-based rank of the first
         positive, −1 if none in the top max(ns)), "num_positives", "top" (Q×keep ids),
-        "hits" (Q×len(ns) bool) and "by_condition" ({label: {"num_queries", "recall"}}) when
+        "hits" (Q×len(ns) bool), "bad_queries" (evaluated query indices with NaN descriptors),
+        "bad_db" (database indices with NaN descriptors, left out of the ranking) and
+        "by_condition" ({label: {"num_queries", "recall"}}) when
         conditions are given.
     """
     from netvlad.index import topk
@@ -88,7 +92,20 @@ def evaluate(
     factor = (DEDUP_OVERFETCH if groups is not None else 1) * (
         EXCLUDE_OVERFETCH if exclude is not None else 1
     )
-    _, ranked = topk(q, db, n_top * factor, block=block)
+    # Images that failed extraction (--skip-bad) have NaN rows: such a database image is never
+    # ranked, such a query retrieves nothing and so counts as a failure (every query stays in the
+    # denominator, as recallAtN).
+    db_ok = np.isfinite(db).all(axis=1)
+    q_ok = np.isfinite(q).all(axis=1)
+    if not db_ok.any():
+        raise ValueError(f"all {db.shape[0]} database descriptors are NaN (images that failed extraction)")
+    if db_ok.all() and q_ok.all():
+        _, ranked = topk(q, db, n_top * factor, block=block)
+    else:
+        db_ids = np.flatnonzero(db_ok)
+        _, r = topk(q[q_ok], db[db_ok], n_top * factor, block=block)
+        ranked = np.full((q.shape[0], r.shape[1]), -1, np.int64)
+        ranked[q_ok] = db_ids[r]
     if exclude is not None:
         if len(exclude) != qall.shape[0]:
             raise ValueError(f"exclude has {len(exclude)} entries for {qall.shape[0]} queries")
@@ -112,6 +129,8 @@ def evaluate(
         "num_positives": np.array([p.size for p in pos], dtype=np.int64),
         "top": ranked[:, :keep],
         "hits": hits,
+        "bad_queries": sel[~q_ok],
+        "bad_db": np.flatnonzero(~db_ok),
     }
     if conditions is not None:
         if len(conditions) != qall.shape[0]:
@@ -190,14 +209,20 @@ def evaluate_dataset(
         sel = sample_queries(len(ds.query_images), rank_sample, SAMPLE_SEED)
         rng = np.random.default_rng(SAMPLE_SEED)  # testCoreRank reseeds rng(43) before the loop
         pos, neg = [], []
+        db_ok = np.isfinite(db).all(axis=1)
+        q_ok = np.isfinite(q).all(axis=1)
         for i in sel:
             p = ds.nontrivial_positives(int(i))
-            pos.append(p)
             avail = len(ds.db_images) - len(ds.positives(int(i)))  # small datasets: fewer negatives
-            neg.append(
+            n = (
                 ds.sample_negatives(int(i), min(num_negatives, avail), rng)
                 if p.size
                 else np.zeros(0, np.int64)
             )
+            # NaN rows (failed images) have no distance: a NaN query is skipped (no positives),
+            # NaN database images are left out of its positives and negatives.
+            p = p[db_ok[p]] if q_ok[i] else np.zeros(0, np.int64)
+            pos.append(p)
+            neg.append(n[db_ok[n]])
         out["rank_loss"] = rank_loss(q[sel], db, pos, neg, margin)
     return out

@@ -132,6 +132,7 @@ def benchmark_retrieval(
     batch_size: int = 1,
     device: str = "cpu",
     progress: bool = True,
+    max_side: int | None = 0,
 ) -> dict:
     """Extract descriptors with ``model`` and compute the benchmark's mAP (spec §1.15).
 
@@ -146,9 +147,13 @@ def benchmark_retrieval(
         grow: ROI growth per side in px (default: half the backbone's receptive field, 98 for
             VGG-16 conv5_3).
         batch_size, device, progress: passed to ``netvlad.extract.compute_descriptors``.
+        max_side: ``ExtractConfig.max_side``: 0 (default) runs at native resolution whatever the
+            model's preprocessing says, as the protocols do (demoRetrieval never resizes; Holidays
+            images are first downscaled to ≤1024×768 by the protocol itself); None keeps the
+            model's resize; a positive value caps the longest side.
 
     Returns:
-        the :func:`evaluate_retrieval` dict plus "queries" ("crop"/"full") and "grow".
+        the :func:`evaluate_retrieval` dict plus "queries" ("crop"/"full"), "grow" and "max_side".
     """
     from netvlad.extract import compute_descriptors
 
@@ -157,7 +162,8 @@ def benchmark_retrieval(
     if name == "holidays":
         small = root / f"{bench.db_root.name}_1024x768"
         bench.db_root = downscale_images(bench.db_root, bench.db_images, small, progress=progress)
-    db = compute_descriptors(model, bench.db_paths(), batch_size=batch_size, device=device, progress=progress)
+    kw = {"batch_size": batch_size, "device": device, "progress": progress, "max_side": max_side}
+    db = compute_descriptors(model, bench.db_paths(), **kw)
     mode = "full"
     if name in ("roxford5k", "rparis6k"):
         grow, mode = 0.0, "crop"
@@ -174,10 +180,11 @@ def benchmark_retrieval(
             grow = rf / 2
     if mode == "crop":
         qpaths = crop_queries(bench, root / f"images_crop_{int(round(2 * grow))}", grow)
-        q = compute_descriptors(model, qpaths, batch_size=batch_size, device=device, progress=progress)
+        q = compute_descriptors(model, qpaths, **kw)
     else:
         q = db[bench.query_db_ids]
     out = evaluate_retrieval(bench, db, q, dims)
     out["queries"] = mode
     out["grow"] = grow
+    out["max_side"] = max_side
     return out
