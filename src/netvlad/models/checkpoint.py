@@ -1,0 +1,126 @@
+"""Self-describing checkpoints: config + state dict in one file, loaded without executing code."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from netvlad.models.config import PRESETS, ModelConfig
+from netvlad.models.model import PlaceModel, create_model
+
+__all__ = ["FORMAT", "VERSION", "load_checkpoint", "load_model", "save_model"]
+
+FORMAT = "netvlad-checkpoint"
+VERSION = 1
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_model(model: PlaceModel, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` to ``path`` atomically (temp file + rename).
+
+    ``.safetensors`` paths get a safetensors file with the config (and ``extra``) as JSON metadata;
+    any other suffix a torch file {"format", "version", "config", "state_dict", "extra"}. ``extra``
+    must hold plain data (numbers, strings, lists, dicts, tensors) so it loads with weights_only.
+
+    Returns:
+        the path written.
+    """
+    path = Path(path)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    config = model.config.to_dict()
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        meta = {"format": FORMAT, "version": str(VERSION), "config": json.dumps(config),
+                "extra": json.dumps(extra or {})}
+        _atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+    else:
+        payload = {"format": FORMAT, "version": VERSION, "config": config, "state_dict": state,
+                   "extra": extra or {}}
+        _atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    return path
+
+
+def load_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a checkpoint without building the model → (config, state_dict, extra).
+
+    Torch files load with ``weights_only=True``: a file that would need to run code is refused.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a netvlad checkpoint, a newer format version, or unsafe content.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                state = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as exc:  # safetensors raises its own error types
+            raise ValueError(f"{path}: not a readable safetensors file ({exc})") from exc
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path}: safetensors file without netvlad config metadata "
+                             "(a bare state dict? see `netvlad convert`)")
+        payload = {"format": FORMAT, "version": int(meta.get("version", 0)),
+                   "config": json.loads(meta["config"]), "state_dict": state,
+                   "extra": json.loads(meta.get("extra", "{}"))}
+    else:
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            first = str(exc).splitlines()[0]
+            raise ValueError(f"{path}: refused to load: the file holds objects that weights_only "
+                             f"loading does not allow (it could run code): {first}") from exc
+        except (RuntimeError, EOFError) as exc:
+            raise ValueError(f"{path}: not a readable torch checkpoint ({exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a netvlad checkpoint (no format={FORMAT!r}); a bare state dict "
+                         "or a foreign model needs `netvlad convert` first")
+    if int(payload.get("version", 0)) > VERSION:
+        raise ValueError(f"{path}: checkpoint version {payload['version']} is newer than this netvlad "
+                         f"supports ({VERSION}); upgrade netvlad")
+    return ModelConfig.from_dict(payload["config"]), payload["state_dict"], payload.get("extra") or {}
+
+
+def load_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> PlaceModel:
+    """A preset name (→ :func:`create_model`) or a checkpoint path → model in eval mode on ``device``.
+
+    The backbone is built with random weights and then filled from the checkpoint's state dict,
+    so loading never downloads anything.
+
+    Raises:
+        FileNotFoundError: neither a preset nor an existing file (lists the presets).
+    """
+    if isinstance(name_or_path, str) and name_or_path in PRESETS and not Path(name_or_path).exists():
+        return create_model(name_or_path).to(device)
+    path = Path(name_or_path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint, and not a preset ({', '.join(PRESETS)})")
+    config, state, _ = load_checkpoint(path)
+    model = PlaceModel(config)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: weights do not match the config ({str(exc).splitlines()[0]})") from exc
+    return model.to(device).eval()

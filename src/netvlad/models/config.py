@@ -1,0 +1,170 @@
+"""Model configuration: input preprocessing, the model config dataclass and the named presets."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from netvlad.backbones import LITE0_PREPROCESS
+from netvlad.layers import parse_method
+
+__all__ = ["IMAGENET", "LITE0", "MATCONVNET", "PRESETS", "ModelConfig", "Preprocess", "list_presets"]
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an H×W×3 uint8 RGB image becomes the network input; travels with the model.
+
+    y = (x · scale/255 − mean) / std per channel, after an optional resize.
+
+    Attributes:
+        style: "matconvnet" (0–255 RGB minus the mean pixel, no std: the MATLAB models) or
+            "imagenet" (0–1 RGB, ImageNet mean/std: torchvision-style and EfficientNet weights).
+        mean: per-channel RGB mean, in the units of ``scale``.
+        std: per-channel RGB std (1 for matconvnet).
+        scale: 255.0 (matconvnet) or 1.0 (imagenet): the value of a white pixel before mean/std.
+        max_side: if set, images whose longer side exceeds it are downscaled (PIL bilinear,
+            antialiased) so the longer side equals it; smaller images are never upscaled.
+            None (the original's behaviour): full resolution.
+    """
+
+    style: str = "matconvnet"
+    mean: tuple[float, float, float] = (123.68, 116.779, 103.939)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    scale: float = 255.0
+    max_side: int | None = None
+
+    def __post_init__(self):
+        if self.style not in ("matconvnet", "imagenet"):
+            raise ValueError(f"unknown preprocessing style {self.style!r}; choose from matconvnet, imagenet")
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError(f"Preprocess needs 3 means and 3 positive stds, got {self.mean}, {self.std}")
+        if self.max_side is not None and int(self.max_side) < 1:
+            raise ValueError(f"max_side must be a positive integer or None, got {self.max_side}")
+
+    def resize(self, img: np.ndarray) -> np.ndarray:
+        """Downscale H×W×3 uint8 so that max(H, W) <= max_side (no-op when unset or already small)."""
+        h, w = img.shape[:2]
+        if self.max_side is None or max(h, w) <= self.max_side:
+            return img
+        s = self.max_side / max(h, w)
+        size = (max(1, round(w * s)), max(1, round(h * s)))
+        return np.array(Image.fromarray(img).resize(size, Image.Resampling.BILINEAR))
+
+    def apply(self, img: np.ndarray) -> torch.Tensor:
+        """H×W×3 (or H×W grey) uint8 array → 3×H'×W' float32 tensor ready for the backbone."""
+        img = np.asarray(img)
+        if img.dtype != np.uint8:
+            raise ValueError(f"Preprocess.apply expects a uint8 image, got dtype {img.dtype}")
+        if img.ndim == 2:
+            img = np.repeat(img[..., None], 3, axis=2)
+        if img.ndim != 3 or img.shape[2] != 3:
+            raise ValueError(f"Preprocess.apply expects an H×W×3 RGB image, got shape {img.shape}")
+        img = self.resize(img)
+        t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).to(torch.float32)
+        if self.scale != 255.0:
+            t.mul_(self.scale / 255.0)
+        t.sub_(torch.tensor(self.mean).view(3, 1, 1))
+        if self.std != (1.0, 1.0, 1.0):
+            t.div_(torch.tensor(self.std).view(3, 1, 1))
+        return t
+
+    def __call__(self, img: np.ndarray) -> torch.Tensor:
+        return self.apply(img)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"style": self.style, "mean": list(self.mean), "std": list(self.std), "scale": self.scale,
+                "max_side": self.max_side}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocess:
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown preprocessing fields {sorted(unknown)}")
+        return cls(**d)
+
+
+#: MatConvNet VGG-16/19 mean pixel on 0–255 RGB, no std (spec §1.2). The CaffeNet model's true
+#: value is the (1,1) pixel of its average image; the converter reads it from the .mat file.
+MATCONVNET = Preprocess("matconvnet", (123.68, 116.779, 103.939), (1.0, 1.0, 1.0), 255.0)
+IMAGENET = Preprocess("imagenet", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 1.0)
+#: EfficientNet-Lite's TF input normalisation (x − 127)/128 on 0–255, which its weights expect
+#: (the backbone module documents the source), written on the 0–1 scale.
+LITE0 = Preprocess(**LITE0_PREPROCESS)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a :class:`PlaceModel` (saved inside every checkpoint).
+
+    Attributes:
+        backbone: a name in ``netvlad.backbones.BACKBONES`` (vgg16, vgg19, alexnet, resnet18,
+            resnet50, lite0).
+        crop: the backbone layer to crop at (MatConvNet names, e.g. conv5_3); None = the backbone's
+            default (a built model records the concrete name).
+        method: aggregation method string (see ``netvlad.layers.parse_method``).
+        num_clusters: K for NetVLAD (64 in all paper experiments).
+        whiten_dim: output size of the PCA-whitening Linear, or None for no whitening.
+        preprocess: input preprocessing.
+        pretrained: where the backbone weights came from ("imagenet", a file name, a converted
+            MATLAB model) or None for random init. Provenance only: a checkpoint holds the weights.
+    """
+
+    backbone: str = "vgg16"
+    crop: str | None = "conv5_3"
+    method: str = "vlad_preL2_intra"
+    num_clusters: int = 64
+    whiten_dim: int | None = None
+    preprocess: Preprocess = field(default_factory=lambda: MATCONVNET)
+    pretrained: str | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "method", parse_method(self.method).name)
+        if self.num_clusters < 2:
+            raise ValueError(f"num_clusters must be >= 2, got {self.num_clusters}")
+        if self.whiten_dim is not None and self.whiten_dim < 1:
+            raise ValueError(f"whiten_dim must be positive or None, got {self.whiten_dim}")
+
+    def replace(self, **changes) -> ModelConfig:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["preprocess"] = self.preprocess.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        d = dict(d)
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown model config fields {sorted(unknown)}")
+        if isinstance(d.get("preprocess"), dict):
+            d["preprocess"] = Preprocess.from_dict(d["preprocess"])
+        return cls(**d)
+
+
+# Presets are data: the CLI and create_model choose among them. Only lite0 ships real weights
+# offline (the `pretrained` extra); the others start from random backbones unless given weights.
+PRESETS: dict[str, ModelConfig] = {
+    "vgg16-netvlad": ModelConfig("vgg16", "conv5_3", "vlad_preL2_intra", 64, None, MATCONVNET),
+    "vgg19-netvlad": ModelConfig("vgg19", "conv5_4", "vlad_preL2_intra", 64, None, MATCONVNET),
+    "alexnet-netvlad": ModelConfig("alexnet", "conv5", "vlad_preL2_intra", 64, None, MATCONVNET),
+    "vgg16-max": ModelConfig("vgg16", "conv5_3", "max", 64, None, MATCONVNET),
+    "vgg16-avg": ModelConfig("vgg16", "conv5_3", "avg", 64, None, MATCONVNET),
+    "resnet18-netvlad": ModelConfig("resnet18", None, "vlad_preL2_intra", 64, None, IMAGENET),
+    "resnet50-netvlad": ModelConfig("resnet50", None, "vlad_preL2_intra", 64, None, IMAGENET),
+    "lite0-netvlad": ModelConfig("lite0", None, "vlad_preL2_intra", 64, None, LITE0, "imagenet"),
+    "lite0-max": ModelConfig("lite0", None, "max", 64, None, LITE0, "imagenet"),
+}
+
+
+def list_presets() -> list[str]:
+    """Names of the presets, in table order."""
+    return list(PRESETS)
