@@ -69,12 +69,20 @@ def _weights_text(cfg) -> str:
 
 
 def run_models(args) -> int:
+    import torch
+
+    from netvlad.backbones import build_backbone
     from netvlad.models import PRESETS, config_out_dim
 
     rows = []
     for name, cfg in PRESETS.items():
         _, out_dim = config_out_dim(cfg)
-        rows.append({"name": name, "backbone": cfg.backbone, "crop": cfg.crop or "default",
+        if cfg.crop is None:  # show the layer the backbone actually crops at, not "default"
+            with torch.device("meta"):
+                crop = build_backbone(cfg.backbone).crop
+        else:
+            crop = cfg.crop
+        rows.append({"name": name, "backbone": cfg.backbone, "crop": crop,
                      "method": cfg.method, "K": cfg.num_clusters if "vlad" in cfg.method else "-",
                      "out_dim": out_dim, "preprocessing": cfg.preprocess.style,
                      "weights": cfg.pretrained or "random"})
