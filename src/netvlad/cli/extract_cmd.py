@@ -51,7 +51,8 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size,
                    help=f"images per batch; sizes are grouped automatically (default: {d.batch_size})")
     p.add_argument("--workers", type=int, default=d.num_workers,
-                   help=f"image-decoding worker processes (default: {d.num_workers})")
+                   help="image-decoding worker processes (default: 0 on CPU, where workers steal "
+                   "cycles from the compute threads; up to 4 on CUDA)")
     p.add_argument("--device", default=d.device, help=f"torch device (default: {d.device})")
     p.add_argument("--half", action="store_true", help="store float16 descriptors")
     p.add_argument("--amp", action="store_true", help="autocast: float16 on CUDA, bfloat16 on CPU")
