@@ -383,3 +383,19 @@ def test_cli_init_from_dataset_database(tmp_path, capsys):
     assert rc == 0, cap.err
     assert "of 4 of the 4 database images" in cap.out
     assert load_model(out).initialized
+
+
+def test_preprocess_accepts_read_only_arrays_without_warning():
+    import warnings
+
+    from netvlad.models import Preprocess
+
+    img = np.asarray(Image.fromarray(np.full((8, 10, 3), 200, np.uint8)))
+    assert not img.flags.writeable
+    pre = Preprocess(style="matconvnet", mean=(123.68, 116.779, 103.939), std=(1.0, 1.0, 1.0), scale=255.0,
+                     max_side=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t = pre.apply(img)
+    assert t.shape == (3, 8, 10)
+    assert torch.allclose(t[0], torch.full((8, 10), 200 - 123.68))

@@ -67,6 +67,8 @@ class Preprocess:
         if img.ndim != 3 or img.shape[2] != 3:
             raise ValueError(f"Preprocess.apply expects an H×W×3 RGB image, got shape {img.shape}")
         img = self.resize(img)
+        if not img.flags.writeable:  # e.g. np.asarray(PIL image); torch warns on read-only memory
+            img = img.copy()
         t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).to(torch.float32)
         if self.scale != 255.0:
             t.mul_(self.scale / 255.0)
