@@ -26,7 +26,6 @@ import dataclasses
 import html
 import importlib.util
 import json
-import os
 import re
 import shutil
 import time
@@ -34,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from netvlad._atomic import atomic_write, atomic_write_text
 
 INSTALL_LINE = 'pip install -e ".[demo]"'
 _CAMPUS_RE = re.compile(r"P(\d+)\.(png|jpg)$", re.IGNORECASE)
@@ -212,9 +213,7 @@ def write_matches_html(
         with Image.open(p) as img:
             img = img.convert("RGB")
             img.thumbnail((240, 240))
-            tmp = thumbs / f".{name}.tmp"
-            img.save(tmp, format="JPEG", quality=85)
-            os.replace(tmp, thumbs / name)
+            atomic_write(thumbs / name, lambda tmp: img.save(tmp, format="JPEG", quality=85))
         return f"thumbs/{name}"
 
     rows = []
@@ -236,10 +235,7 @@ def write_matches_html(
         "Green = within one frame of the query along the walk (the ground truth), red = not.</p>"
         f"<table>{''.join(rows)}</table>"
     )
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(doc, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, doc)
 
 
 # --------------------------------------------------------------------------------------- step 2
@@ -320,10 +316,8 @@ def plot_recall_curves(curves: dict[str, dict[int, float]], path: Path, title: s
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100), suffix=".tmp.png")
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -457,9 +451,7 @@ def _run_demo(config: DemoConfig, log) -> dict:
         "seconds": {"campus": t1 - t0, "town": t2 - t1, "total": t2 - t0},
         "config": dataclasses.asdict(config),
     }
-    tmp = out / ".summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=1, default=str))
-    os.replace(tmp, out / "summary.json")
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, default=str))
     log(f"outputs in {out.resolve()}:")
     log(f"  {camp['html']}  (each campus query beside its top-5 matches)")
     log(f"  {town['curves']}  (recall@N curves)")

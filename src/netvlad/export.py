@@ -16,14 +16,14 @@ Exporters (``ExportConfig.exporter``):
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from netvlad._atomic import atomic_write
 
 __all__ = [
     "ExportConfig",
@@ -63,20 +63,6 @@ class ExportConfig:
     def __post_init__(self):
         if self.exporter not in ("dynamo", "torchscript"):
             raise ValueError(f"unknown exporter {self.exporter!r}; choose dynamo or torchscript")
-
-
-def _atomic(out: Path, write) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
 
 
 def _example(model, batch: int, height: int, width: int, seed: int) -> torch.Tensor:
@@ -136,7 +122,7 @@ def export_onnx(model, out: str | Path, config: ExportConfig | None = None) -> P
                     dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}, "descriptor": {0: "batch"}},
                 )
 
-    return _atomic(Path(out), write)
+    return atomic_write(out, write)
 
 
 def export_torchscript(model, out: str | Path, config: ExportConfig | None = None) -> Path:
@@ -149,7 +135,7 @@ def export_torchscript(model, out: str | Path, config: ExportConfig | None = Non
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(model, (example,), check_trace=False)
-    return _atomic(Path(out), lambda tmp: torch.jit.save(traced, tmp))
+    return atomic_write(out, lambda tmp: torch.jit.save(traced, tmp))
 
 
 def _compare(model, run, config: ExportConfig, what: str) -> float:

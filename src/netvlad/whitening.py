@@ -12,12 +12,12 @@ output dimension, with or without whitening (see `PCAParams.layer`).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from netvlad._atomic import atomic_write
 
 #: ``addPCA``'s ``nTrainCap``: at most this many database descriptors are used for the fit.
 DEFAULT_MAX_SAMPLES = 10000
@@ -91,25 +91,15 @@ class PCAParams:
 
     def save(self, path: str | Path) -> Path:
         """Write an .npz file atomically (plain arrays: no pickle)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp.npz", dir=path.parent)
-        os.close(fd)
-        try:
-            np.savez(
-                tmp,
-                format=np.array(_FORMAT),
-                mean=self.mean,
-                components=self.components,
-                eigvals=self.eigvals,
-                n_samples=np.array(self.n_samples),
-                all_eigvals=self.all_eigvals if self.all_eigvals is not None else self.eigvals,
-            )
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        arrays = {
+            "format": np.array(_FORMAT),
+            "mean": self.mean,
+            "components": self.components,
+            "eigvals": self.eigvals,
+            "n_samples": np.array(self.n_samples),
+            "all_eigvals": self.all_eigvals if self.all_eigvals is not None else self.eigvals,
+        }
+        return atomic_write(path, lambda tmp: np.savez(tmp, **arrays), suffix=".tmp.npz")
 
     @classmethod
     def load(cls, path: str | Path) -> PCAParams:

@@ -95,10 +95,7 @@ class AlexNet(Backbone):
             else:
                 layers.append(MatConvNetLRN(5, 1.0, 1e-4 / 5, 0.75))
         self.features = nn.Sequential(*layers)
-        for m in self.features.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+        self._init_weights()
         self._finish_init()
 
     def _layer_modules(self) -> list[tuple[str, list[nn.Module]]]:

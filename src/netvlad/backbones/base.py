@@ -209,6 +209,21 @@ class Backbone(nn.Module):
                         channels = m.out_channels
         return channels, jump, rf
 
+    def _init_weights(self) -> None:
+        """torchvision's random init, in module order (the caller seeds torch).
+
+        Conv2d: Kaiming-normal weight (fan_out, ReLU), zero bias if it has one; BatchNorm2d: weight 1,
+        bias 0. Only the conv weights draw random numbers, so a seeded build is reproducible.
+        """
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
     def _finish_init(self) -> None:
         """Call at the end of a subclass ``__init__``: derives the geometry."""
         self.out_channels, self.stride, self.receptive_field = self._walk_geometry()

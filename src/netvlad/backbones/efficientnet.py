@@ -156,12 +156,7 @@ class EfficientNetLite0(Backbone):
         if self._has_head:
             self._conv_head = SameConv2d(320, 1280, 1)
             self._bn1 = nn.BatchNorm2d(1280, **_BN)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        self._init_weights()
         self._finish_init()
 
     def _layer_modules(self) -> list[tuple[str, list[nn.Module]]]:

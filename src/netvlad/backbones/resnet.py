@@ -113,12 +113,7 @@ class ResNet(Backbone):
                 blocks.append(block(cin, width, stride=2 if (j == 0 and i > 1) else 1))
                 cin = width * block.expansion
             setattr(self, f"layer{i}", nn.Sequential(*blocks))
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        self._init_weights()
         self._finish_init()
 
     def _layer_modules(self) -> list[tuple[str, list[nn.Module]]]:

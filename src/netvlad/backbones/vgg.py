@@ -67,11 +67,7 @@ class VGG(Backbone):
             else:
                 layers.append(nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=False))
         self.features = nn.Sequential(*layers)
-        for m in self.features.modules():
-            if isinstance(m, nn.Conv2d):
-                # torchvision's VGG init; the caller seeds torch.
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+        self._init_weights()
         self._finish_init()
 
     def _layer_modules(self) -> list[tuple[str, list[nn.Module]]]:

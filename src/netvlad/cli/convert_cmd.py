@@ -3,12 +3,11 @@ parity check) and ``pairs`` (hloc's pairs-from-retrieval file)."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from netvlad._atomic import atomic_write_text
 from netvlad.cli import CLIError
 
 #: hloc's default number of retrieved database images per query (pairs_from_retrieval ``num_matched``).
@@ -242,14 +241,7 @@ def run_pairs(args) -> int:
         raise CLIError(f"image name {bad[0]!r} contains whitespace; hloc's pairs format cannot represent it")
     pairs = pairs_from_retrieval(q_names, q_desc, db_names, db_desc, args.k)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write("".join(f"{q} {d}\n" for q, d in pairs))
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    atomic_write_text(out, "".join(f"{q} {d}\n" for q, d in pairs))
     print(
         f"wrote {len(pairs)} pairs for {len(q_names)} queries "
         f"({min(args.k, len(db_names))} per query) to {out}"

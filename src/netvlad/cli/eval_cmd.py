@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from netvlad._atomic import atomic_write, atomic_write_text
 from netvlad.cli import CLIError
 
 
@@ -123,16 +123,6 @@ def register(sub) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def align_features(path: Path, wanted: list[str], role: str) -> tuple[np.ndarray, dict]:
@@ -256,14 +246,10 @@ def plot_curves(curves: list[tuple[str, list[int], list[float]]], out: Path, tit
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}{out.suffix or '.png'}")
     try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, out)
+        atomic_write(out, lambda tmp: fig.savefig(tmp, format="png"), suffix=".tmp.png")
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return out
 
 
@@ -289,7 +275,7 @@ def run_evaluate(args) -> int:
     print(format_recall_table(res["recall"], res.get("by_condition")))
     if args.report:
         report = build_report(res, ds, label, args.db, args.queries)
-        _write_atomic(args.report, json.dumps(report, indent=1) + "\n")
+        atomic_write_text(args.report, json.dumps(report, indent=1) + "\n")
         print(f"report: {args.report}")
     if args.plot:
         plot_curves([(label, res["ns"], [res["recall"][n] for n in res["ns"]])], args.plot)
@@ -354,5 +340,5 @@ def run_benchmark(args) -> int:
             "num_queries": res["num_queries"],
             "results": {str(d): r for d, r in res["results"].items()},
         }
-        _write_atomic(args.report, json.dumps(out, indent=1) + "\n")
+        atomic_write_text(args.report, json.dumps(out, indent=1) + "\n")
     return 0

@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+from netvlad._atomic import atomic_write
 from netvlad.cli import CLIError
 from netvlad.train.config import TrainConfig
 
@@ -310,9 +311,7 @@ def run_pca(args) -> int:
                 num_workers=args.workers,
                 progress=not args.no_progress,
             )
-            tmp = desc_file.with_suffix(".tmp.npy")
-            np.save(tmp, desc)
-            os.replace(tmp, desc_file)
+            atomic_write(desc_file, lambda tmp: np.save(tmp, desc), suffix=".tmp.npy")
         # Keep at least 4096 components (the paper's pcaDim) so later smaller --dim reuse the fit.
         keep = min(max(args.dim, 4096), desc.shape[1], desc.shape[0])
         params = fit_pca(desc, dim=max(keep, args.dim), max_samples=None)

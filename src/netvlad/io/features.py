@@ -14,6 +14,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from netvlad._atomic import atomic_write
+
 logger = logging.getLogger(__name__)
 
 FORMAT = "netvlad-features"
@@ -39,10 +41,6 @@ def partial_path(out: str | Path) -> Path:
     out = Path(out)
     stem = out.name[: -len(".h5")] if out.name.endswith(".h5") else out.name
     return out.with_name(stem + ".partial.h5")
-
-
-def _tmp_path(out: Path) -> Path:
-    return out.with_name(f".{out.name}.tmp-{os.getpid()}")
 
 
 def _rows_per_chunk(dim: int, itemsize: int, n: int) -> int:
@@ -188,18 +186,16 @@ def write_features(path: str | Path, names: Sequence[str], descriptors: np.ndarr
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
     meta = {"bad_images": [], **(attrs or {})}
-    tmp = _tmp_path(path)
-    try:
+
+    def write(tmp: str) -> None:
         with h5py.File(tmp, "w") as f:
             _create_layout(f, list(names), desc.shape[1], dtype, meta)
             if len(names):
                 f["descriptors"][...] = desc.astype(dtype)
             f.attrs["done"] = len(names)
             f.attrs["complete"] = True
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+
+    return atomic_write(path, write)
 
 
 def _create_layout(f: h5py.File, names: list[str], dim: int, dtype: str, meta: dict[str, Any]) -> None:

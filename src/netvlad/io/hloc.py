@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from netvlad.io.features import FeatureFileError, _open_h5, _tmp_path, read_features
+from netvlad._atomic import atomic_write
+from netvlad.io.features import FeatureFileError, _open_h5, read_features
 
 
 def export_hloc(features: str | Path, out: str | Path, as_half: bool = False) -> Path:
@@ -22,8 +22,8 @@ def export_hloc(features: str | Path, out: str | Path, as_half: bool = False) ->
     out = Path(out)
     bad = set(attrs.get("bad_images", []))
     dtype = np.float16 if as_half or attrs.get("dtype") == "float16" else np.float32
-    tmp = _tmp_path(out)
-    try:
+
+    def write(tmp: str) -> None:
         with h5py.File(tmp, "w") as f:
             for name, d in zip(names, desc):
                 if name in bad:
@@ -32,10 +32,8 @@ def export_hloc(features: str | Path, out: str | Path, as_half: bool = False) ->
                 if key in f:
                     raise FeatureFileError(f"{features}: duplicate image name {name!r}")
                 f.create_group(key).create_dataset("global_descriptor", data=d.astype(dtype))
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+
+    return atomic_write(out, write)
 
 
 def read_hloc(path: str | Path, names: Sequence[str] | None = None) -> tuple[list[str], np.ndarray]:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
-from netvlad.io.features import FeatureFileError, _tmp_path
+from netvlad._atomic import atomic_write
+from netvlad.io.features import FeatureFileError
 
 
 def write_bin(path: str | Path, descriptors: np.ndarray) -> Path:
@@ -17,13 +17,7 @@ def write_bin(path: str | Path, descriptors: np.ndarray) -> Path:
     desc = np.ascontiguousarray(descriptors, dtype="<f4")
     if desc.ndim != 2:
         raise ValueError(f"{path}: descriptors must be N×D, got shape {desc.shape}")
-    tmp = _tmp_path(path)
-    try:
-        desc.tofile(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write(path, desc.tofile)
 
 
 def read_bin(path: str | Path, dim: int, num_images: int | None = None) -> np.ndarray:

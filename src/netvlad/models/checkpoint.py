@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from netvlad._atomic import atomic_write
 from netvlad.models.config import PRESETS, ModelConfig
 from netvlad.models.model import PlaceModel, create_model
 
@@ -18,18 +17,6 @@ __all__ = ["FORMAT", "VERSION", "load_checkpoint", "load_model", "save_model"]
 
 FORMAT = "netvlad-checkpoint"
 VERSION = 1
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_model(model: PlaceModel, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
@@ -50,11 +37,11 @@ def save_model(model: PlaceModel, path: str | Path, extra: dict[str, Any] | None
 
         meta = {"format": FORMAT, "version": str(VERSION), "config": json.dumps(config),
                 "extra": json.dumps(extra or {})}
-        _atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+        atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
     else:
         payload = {"format": FORMAT, "version": VERSION, "config": config, "state_dict": state,
                    "extra": extra or {}}
-        _atomic_write(path, lambda tmp: torch.save(payload, tmp))
+        atomic_write(path, lambda tmp: torch.save(payload, tmp))
     return path
 
 

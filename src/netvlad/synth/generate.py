@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from netvlad._atomic import atomic_write, atomic_write_text
 from netvlad.synth.config import SPLITS, SynthConfig
 from netvlad.synth.render import CONDITIONS, Camera, Renderer, sample_condition
 from netvlad.synth.town import District, Town, build_town
@@ -180,9 +180,7 @@ def render_view(renderer: Renderer, view: View) -> np.ndarray:
 
 
 def _save_jpeg(img: np.ndarray, path: Path, quality: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(img).save(tmp, format="JPEG", quality=quality)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: Image.fromarray(img).save(tmp, format="JPEG", quality=quality))
 
 
 @dataclass
@@ -281,9 +279,7 @@ def generate_town(
         "photos": town.n_photos,
         "splits": {s: {"db": d.num_db, "queries": d.num_queries} for s, d in datasets.items()},
     }
-    tmp = meta_path.with_name(".town.json.tmp")
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, meta_path)
+    atomic_write_text(meta_path, json.dumps(meta, indent=1))
     return SynthTown(out, datasets, csvs, mats, time.perf_counter() - t0)
 
 
@@ -313,10 +309,8 @@ def plot_town_map(town: Town, plans: dict[str, tuple[list[View], list[View]]], p
         ax.set_title(f"{split} area (x, y in m from UTM {town.config.zone} origin)", fontsize=9)
         ax.legend(loc="upper right", fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=80, metadata={"Software": None})
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80, metadata={"Software": None}), suffix=".tmp.png")
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

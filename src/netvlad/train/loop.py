@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from netvlad._atomic import atomic_write_text
 from netvlad.losses import triplet_ranking_loss
 from netvlad.mining import NegativeMemory, mine, query_rng
 from netvlad.train import dist as D
@@ -32,7 +33,6 @@ from netvlad.train.config import TrainConfig, resolve_backprop_from
 from netvlad.train.runlog import MetricsLog, plot_curves
 from netvlad.train.state import (
     LATEST,
-    atomic_write_text,
     cache_path,
     load_cache,
     load_checkpoint,

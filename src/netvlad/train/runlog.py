@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from netvlad.train.state import atomic_write_text
+from netvlad._atomic import atomic_write_text
 
 
 class MetricsLog:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import re
-import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -30,18 +28,6 @@ def parse_float(text: str, path, field: str) -> float:
         return float(text)
     except (TypeError, ValueError):
         raise bad(path, field, f"cannot parse {text!r} as a number") from None
-
-
-def atomic_target(path: Path):
-    """A temp file next to ``path`` (same filesystem, so os.replace is atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
-def finish_atomic(tmp: Path, path: Path) -> None:
-    os.replace(tmp, path)
 
 
 @functools.lru_cache(maxsize=1024)

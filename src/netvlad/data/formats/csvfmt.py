@@ -23,11 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from netvlad._atomic import atomic_write_text
 from netvlad.data.formats._common import (
-    atomic_target,
     bad,
     check_latlon,
-    finish_atomic,
     latlon_to_one_zone,
     parse_float,
     utm_to_one_zone,
@@ -272,10 +271,4 @@ def save_csv(ds: PlaceDataset, path: str | Path) -> Path:
             if ds.query_conditions is not None:
                 row.append(ds.query_conditions[i] if split == "query" else "")
             w.writerow(row)
-    tmp = atomic_target(path)
-    try:
-        tmp.write_text(buf.getvalue(), encoding="utf-8")
-        finish_atomic(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write_text(path, buf.getvalue())

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from netvlad._atomic import atomic_write
 from netvlad.data.formats._common import (
-    atomic_target,
     bad,
-    finish_atomic,
     looks_tokyo247,
     rel_name,
     resolve_roots,
@@ -302,11 +301,9 @@ def save_mat(ds: PlaceDataset, path: str | Path, which_set: str | None = None) -
     if ds.db_timestamps is not None and ds.query_timestamps is not None:
         s["dbTimeStamp"] = np.asarray(ds.db_timestamps, dtype=np.float64).reshape(1, -1)
         s["qTimeStamp"] = np.asarray(ds.query_timestamps, dtype=np.float64).reshape(1, -1)
-    tmp = atomic_target(path)
-    try:
+
+    def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
             scipy.io.savemat(f, {"dbStruct": s}, format="5", do_compression=True, oned_as="column")
-        finish_atomic(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+
+    return atomic_write(path, write)
