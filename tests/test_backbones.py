@@ -436,6 +436,23 @@ def test_torchvision_imagenet_weights_switch_vgg_preprocessing(monkeypatch):
     torch.testing.assert_close(bb.features[28].bias, sd["features.28.bias"], rtol=0, atol=0)
 
 
+def test_vgg_weight_file_decides_preprocessing(tmp_path, caplog):
+    from netvlad.models import create_model
+
+    sd = _vgg16_torchvision_state_dict(torch.Generator().manual_seed(8))
+    tv = tmp_path / "vgg16-397923af.pth"
+    torch.save(sd, tv)  # torchvision's full file: its 1000-class classifier says which training run
+    assert build_backbone("vgg16", weights=tv).default_preprocess["style"] == "imagenet"
+    model = create_model("vgg16-netvlad", weights=tv)
+    assert model.preprocess.style == "imagenet" and model.preprocess.scale == 1.0
+    trunk = tmp_path / "trunk.pth"
+    torch.save({k: v for k, v in sd.items() if k.startswith("features.")}, trunk)
+    with caplog.at_level("WARNING", logger="netvlad.backbones.vgg"):
+        bb = build_backbone("vgg16", weights=trunk)
+    assert bb.default_preprocess["style"] == "matconvnet"
+    assert "cannot tell which training run" in caplog.text and "trunk.pth" in caplog.text
+
+
 def test_random_init_is_seeded_by_the_caller():
     torch.manual_seed(7)
     a = build_backbone("resnet18", "layer1").state_dict()

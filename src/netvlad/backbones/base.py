@@ -324,6 +324,10 @@ class Backbone(nn.Module):
             raise ValueError("; ".join(parts))
         self.load_state_dict({k: sd[k] for k in expected if k in sd}, strict=False)
         self.weights_source = "imagenet" if str(weights) == "imagenet" else source
+        self._after_load(sd, source)
+
+    def _after_load(self, sd: Mapping[str, Tensor], source: str) -> None:
+        """Hook for subclasses: adjust metadata (e.g. preprocessing) to what the weights expect."""
 
     # --- forward ----------------------------------------------------------------------------------
     def extra_repr(self) -> str:

@@ -10,6 +10,8 @@ Max pooling is 2×2/2 in floor mode (MatConvNet pads are 0; spec §1.2).
 
 from __future__ import annotations
 
+import logging
+
 from torch import Tensor, nn
 
 from .base import IMAGENET_PREPROCESS, MATCONVNET_PREPROCESS, Backbone, download_state_dict
@@ -19,6 +21,8 @@ __all__ = ["VGG", "VGG_CONFIGS", "vgg_layer_names"]
 #: convs per block (64, 128, 256, 512, 512 channels), as torchvision's configs "D" and "E".
 VGG_CONFIGS = {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
 _WIDTHS = (64, 128, 256, 512, 512)
+logger = logging.getLogger(__name__)
+
 _URLS = {
     "vgg16": "https://download.pytorch.org/models/vgg16-397923af.pth",
     "vgg19": "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
@@ -76,10 +80,20 @@ class VGG(Backbone):
     def _imagenet_state_dict(self) -> dict[str, Tensor]:
         return download_state_dict(_URLS[self.name], self.name)
 
-    def load_weights(self, weights) -> None:
-        super().load_weights(weights)
-        if str(weights) == "imagenet":
+    def _after_load(self, sd, source: str) -> None:
+        # torchvision's ImageNet VGG files (classifier.6 = 1000 classes) were trained on 0-1 input with
+        # ImageNet mean/std, unlike the Caffe/MatConvNet weights (0-255 minus the mean pixel) that
+        # `netvlad convert` brings. Feeding either the other's input silently costs recall.
+        head = sd.get("classifier.6.weight", sd.get("classifier.6.bias"))
+        if source.endswith("ImageNet weights") or (head is not None and tuple(head.shape)[0] == 1000):
             self.default_preprocess = dict(IMAGENET_PREPROCESS)
+            logger.info("%s: torchvision ImageNet weights: using ImageNet mean/std preprocessing", source)
+        else:
+            logger.warning(
+                "%s: cannot tell which training run these %s weights come from; keeping MatConvNet "
+                "preprocessing (0-255 minus the mean pixel). torchvision files include classifier.6 and "
+                "get ImageNet mean/std; MATLAB weights should come through `netvlad convert`.",
+                source, self.name)
 
     def forward(self, x: Tensor) -> Tensor:
         """B×3×H×W (MatConvNet-normalised) -> B×C×h×w, h = floor-pooled H/16 at conv5_x."""
