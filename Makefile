@@ -27,11 +27,11 @@ demo: $(VENV)/.installed-base
 	$(BIN)/netvlad demo
 
 test: $(VENV)/.installed-dev
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks hubconf.py
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks hubconf.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info
