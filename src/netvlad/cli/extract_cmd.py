@@ -8,11 +8,10 @@ from pathlib import Path
 
 from netvlad.cli import CLIError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
 
 def register(sub) -> None:
     """Add this module's sub-commands to `sub` (an argparse subparsers action)."""
+    from netvlad.data.images import IMAGE_EXTENSIONS
     from netvlad.extract import ExtractConfig
 
     d = ExtractConfig()
@@ -39,7 +38,7 @@ def register(sub) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--dataset", metavar="SPEC", help="dataset file or folder (any supported format)")
     src.add_argument("--images", metavar="DIR", type=Path,
-                     help=f"folder of images, searched recursively for {'/'.join(IMAGE_EXTENSIONS)}")
+                     help=f"folder of images, searched recursively for {'/'.join(sorted(IMAGE_EXTENSIONS))}")
     p.add_argument("--image-root", metavar="DIR", help="with --dataset: where its images are")
     p.add_argument("--split", choices=("db", "query", "all"), default="all",
                    help="with --dataset: which images (default: all, two files)")
@@ -70,6 +69,9 @@ def register(sub) -> None:
 
 def list_images(root: Path, list_file: Path | None = None) -> list[str]:
     """Image names relative to ``root`` (POSIX separators): from ``list_file`` or a sorted recursive scan."""
+    from netvlad.data.images import IMAGE_EXTENSIONS
+    from netvlad.data.images import list_images as find_images
+
     if not root.is_dir():
         raise CLIError(f"{root}: not a directory")
     if list_file is not None:
@@ -78,11 +80,10 @@ def list_images(root: Path, list_file: Path | None = None) -> list[str]:
         lines = list_file.read_text(encoding="utf-8").splitlines()
         names = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
     else:
-        names = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                       if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        names = find_images(root)
     if not names:
         what = f"{list_file} lists no images" if list_file else \
-            f"no images ({'/'.join(IMAGE_EXTENSIONS)}) under {root}"
+            f"no images ({'/'.join(sorted(IMAGE_EXTENSIONS))}) under {root}"
         raise CLIError(f"empty image list: {what}")
     return names
 

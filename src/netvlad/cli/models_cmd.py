@@ -8,8 +8,6 @@ from pathlib import Path
 
 from netvlad.cli import CLIError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif"}
-
 
 def register(sub) -> None:
     """Add this module's sub-commands to `sub` (an argparse subparsers action)."""
@@ -152,7 +150,9 @@ def list_images(root: Path) -> list[Path]:
     """Image files under ``root`` (recursive, sorted)."""
     if not root.is_dir():
         raise CLIError(f"--images {root}: not a folder")
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    from netvlad.data.images import list_images as find_images
+
+    return [root / name for name in find_images(root)]
 
 
 def run_init(args) -> int:

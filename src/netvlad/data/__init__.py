@@ -18,11 +18,13 @@ from netvlad.data.formats import (
     save_csv,
     save_mat,
 )
-from netvlad.data.images import ImageLoadError, load_image, to_rgb_array
+from netvlad.data.images import IMAGE_EXTENSIONS, ImageLoadError, list_images, load_image, to_rgb_array
 from netvlad.data.places import KNOWN_RULES, PlaceDataset, dedup_ranked, dedup_ranked_matrix
 
 __all__ = [
+    "IMAGE_EXTENSIONS",
     "ImageLoadError",
+    "list_images",
     "load_image",
     "to_rgb_array",
     "PlaceDataset",

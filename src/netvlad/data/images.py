@@ -7,6 +7,27 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+#: File suffixes treated as images when a folder is searched (all are formats Pillow reads).
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif"}
+)
+
+
+def list_images(folder: str | Path) -> list[str]:
+    """Image files under ``folder`` (recursive), as sorted POSIX paths relative to it.
+
+    Raises:
+        FileNotFoundError: ``folder`` is not a directory.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: image folder not found")
+    return sorted(
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+    )
+
 
 class ImageLoadError(ValueError):
     """An image that is missing, truncated or not an image; the message names the file."""

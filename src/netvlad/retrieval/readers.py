@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from netvlad.data.images import list_images
+
 log = logging.getLogger(__name__)
 
 BENCHMARKS = ("oxford5k", "paris6k", "holidays", "roxford5k", "rparis6k")
@@ -22,9 +24,6 @@ _EXPECTED = {
     "roxford5k": (4993, 70),
     "rparis6k": (6322, 70),
 }
-_IMAGE_EXT = (".jpg", ".jpeg", ".png")
-
-
 @dataclass
 class RetrievalBenchmark:
     """A retrieval benchmark's image lists and ground truth.
@@ -66,16 +65,6 @@ class RetrievalBenchmark:
             )
 
 
-def _list_images(folder: Path) -> list[str]:
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: image folder not found")
-    return sorted(
-        p.relative_to(folder).as_posix()
-        for p in folder.rglob("*")
-        if p.suffix.lower() in _IMAGE_EXT and p.is_file()
-    )
-
-
 def _read_lines(path: Path) -> list[str]:
     return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
 
@@ -91,7 +80,7 @@ def read_oxford_paris(root: str | Path, name: str = "oxford5k") -> RetrievalBenc
     gt = root / "groundtruth"
     if not gt.is_dir():
         raise FileNotFoundError(f"{gt}: ground-truth folder not found")
-    images = _list_images(root / "images")
+    images = list_images(root / "images")
     if name == "paris6k":
         corrupt_files = [
             p for p in (root / "corrupt.txt", gt / "corrupt.txt", root / "paris_corrupt.txt") if p.is_file()
@@ -146,7 +135,7 @@ def read_holidays(root: str | Path, rotated: bool = False, images: str | None = 
     """
     root = Path(root)
     folder = root / (images or ("jpg_rotated" if rotated else "jpg"))
-    names = _list_images(folder)
+    names = list_images(folder)
     if not names:
         raise FileNotFoundError(f"{folder}: no images")
     try:

@@ -15,9 +15,6 @@ from netvlad.geo import format_zone, latlon_to_utm, parse_zone, utm_to_latlon, z
 
 log = logging.getLogger("netvlad.data")
 
-IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
-
-
 def bad(path, field: str, problem: str) -> ValueError:
     """One-line error naming the file and the field."""
     return ValueError(f"{path}: {field}: {problem}")

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 
 from netvlad.data.formats._common import (
-    IMAGE_EXTS,
     bad,
     check_latlon,
     latlon_to_one_zone,
@@ -25,6 +24,7 @@ from netvlad.data.formats._common import (
     parse_float,
     utm_to_one_zone,
 )
+from netvlad.data.images import list_images
 from netvlad.data.places import PlaceDataset
 
 AT_FIELDS = (
@@ -55,15 +55,6 @@ def split_dirs(root: Path) -> tuple[Path, Path]:
         subs = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
         raise ValueError(f"{root}: expected sub-folders database/ and queries/ (found {subs or 'none'})")
     return db, q
-
-
-def list_images(folder: Path) -> list[str]:
-    """Image files under ``folder`` (recursive), as sorted POSIX paths relative to it."""
-    return sorted(
-        p.relative_to(folder).as_posix()
-        for p in folder.rglob("*")
-        if p.suffix.lower() in IMAGE_EXTS and p.is_file()
-    )
 
 
 def is_at_folder(root: Path) -> bool:
