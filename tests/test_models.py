@@ -399,3 +399,11 @@ def test_preprocess_accepts_read_only_arrays_without_warning():
         t = pre.apply(img)
     assert t.shape == (3, 8, 10)
     assert torch.allclose(t[0], torch.full((8, 10), 200 - 123.68))
+
+
+def test_load_model_takes_weights_for_presets_only(tmp_path):
+    ckpt = tmp_path / "m.pt"
+    save_model(create_model("lite0-max", weights="random"), ckpt)
+    with pytest.raises(ValueError, match=r"m\.pt: --weights applies to presets only"):
+        load_model(ckpt, weights="imagenet")
+    assert load_model("lite0-max", weights="random").config.pretrained is None

@@ -99,13 +99,10 @@ def run_models(args) -> int:
 
 
 def _load(model: str, weights: str | None):
-    from netvlad.models import PRESETS, create_model, load_model
+    from netvlad.models import PRESETS, load_model
 
-    if model in PRESETS and not Path(model).exists():
-        return create_model(model, weights=weights), f"{model} (preset)"
-    if weights is not None:
-        raise CLIError("--weights applies to presets only; a checkpoint carries its own weights")
-    return load_model(model), str(model)
+    preset = model in PRESETS and not Path(model).exists()
+    return load_model(model, weights=weights), f"{model} (preset)" if preset else str(model)
 
 
 def run_describe(args) -> int:

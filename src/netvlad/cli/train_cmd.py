@@ -184,18 +184,9 @@ def _init_distributed(device: str) -> str:
     return device
 
 
-def _load_model(spec: str, weights: str | None):
-    from netvlad.models import PRESETS, create_model, load_model
-
-    if Path(spec).exists() or spec not in PRESETS:
-        if weights is not None:
-            raise CLIError("--weights applies to presets only; a checkpoint already holds its weights")
-        return load_model(spec)
-    return create_model(spec, weights=weights).train(False)
-
-
 def run_train(args) -> int:
     from netvlad.data import load_dataset
+    from netvlad.models import load_model
     from netvlad.train import fit
 
     run_dir: Path = args.out
@@ -223,7 +214,7 @@ def run_train(args) -> int:
         )
         model_spec, weights = args.model, args.weights
     device = _init_distributed(args.device)
-    model = _load_model(model_spec, weights)
+    model = load_model(model_spec, weights=weights)
     train_ds = load_dataset(train_spec, train_images)
     val_ds = load_dataset(val_spec, val_images)
     cli_info = {

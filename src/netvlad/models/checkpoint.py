@@ -90,20 +90,31 @@ def load_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tens
     return ModelConfig.from_dict(payload["config"]), payload["state_dict"], payload.get("extra") or {}
 
 
-def load_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> PlaceModel:
+def load_model(
+    name_or_path: str | Path, device: str | torch.device = "cpu", weights: str | Path | None = None
+) -> PlaceModel:
     """A preset name (→ :func:`create_model`) or a checkpoint path → model in eval mode on ``device``.
 
     The backbone is built with random weights and then filled from the checkpoint's state dict,
     so loading never downloads anything.
 
+    Args:
+        name_or_path: a preset name (an existing file of that name wins) or a checkpoint path.
+        device: where the model goes.
+        weights: backbone weights for a preset (see :func:`create_model`); a checkpoint already
+            holds its weights, so giving both is an error.
+
     Raises:
         FileNotFoundError: neither a preset nor an existing file (lists the presets).
+        ValueError: ``weights`` given with a checkpoint.
     """
     if isinstance(name_or_path, str) and name_or_path in PRESETS and not Path(name_or_path).exists():
-        return create_model(name_or_path).to(device)
+        return create_model(name_or_path, weights=weights).to(device)
     path = Path(name_or_path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint, and not a preset ({', '.join(PRESETS)})")
+    if weights is not None:
+        raise ValueError(f"{path}: --weights applies to presets only; a checkpoint carries its own weights")
     config, state, _ = load_checkpoint(path)
     model = PlaceModel(config)
     try:
