@@ -13,9 +13,10 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "netvlad"
 
 # Top-level part -> netvlad parts it may import (design.md "The parts").
 # ``_atomic`` (atomic file writes, stdlib only) is a leaf utility every part may import.
-LEAF_UTILS = {"_atomic"}
+LEAF_UTILS = {"_atomic", "_sniff"}
 ALLOWED = {
     "_atomic": set(),
+    "_sniff": set(),
     "layers": set(),
     "backbones": set(),
     "geo": set(),
@@ -26,6 +27,7 @@ ALLOWED = {
     "losses": set(),
     "models": {"layers", "backbones", "whitening"},
     "convert": {"models", "layers", "backbones", "whitening"},
+    "weights": {"convert", "models", "layers", "backbones", "whitening"},
     "export": {"models", "layers", "backbones"},
     "data": {"geo"},
     "synth": {"data", "geo"},

@@ -100,6 +100,22 @@ def test_flat_order_is_d_times_k_plus_k():
     assert torch.nonzero(out).flatten().tolist() == [1, 5, 9]
 
 
+def test_torch_order_is_k_times_d_plus_d():
+    # The same layer in the PyTorch projects' layout: element (k, d) at k·D + d, i.e. the MATLAB
+    # vector read as a D×K matrix and transposed.
+    d, k = 5, 4
+    layer = _ready(NetVLAD(d, k, pre_l2=True), seed=3)
+    torch_layer = NetVLAD(d, k, pre_l2=True, order="torch")
+    torch_layer.load_state_dict(layer.state_dict())
+    x = torch.randn(2, d, 3, 3)
+    with torch.no_grad():
+        matlab, cluster_major = layer(x), torch_layer(x)
+    want = matlab.view(2, d, k).transpose(1, 2).reshape(2, k * d)
+    torch.testing.assert_close(cluster_major, want, rtol=0, atol=1e-7)
+    with pytest.raises(ValueError, match="unknown VLAD order 'fortran'; choose from matlab, torch"):
+        NetVLAD(d, k, order="fortran")
+
+
 def test_gradcheck_float64():
     for vladv2 in (False, True):
         layer = _ready(NetVLAD(3, 2, vladv2=vladv2, intra_norm=True, pre_l2=True), seed=2).double()

@@ -75,10 +75,31 @@ def test_preprocess_resize_and_errors():
         Preprocess(style="caffe")
 
 
+def test_preprocess_fixed_resize_is_pil_bilinear():
+    # torchvision's Resize((H, W)) on a PIL image is PIL's bilinear resize to (W, H), aspect ignored.
+    pre = Preprocess("imagenet", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 1.0, resize=(24, 50))
+    img = _img()
+    want = np.asarray(Image.fromarray(img).resize((50, 24), Image.Resampling.BILINEAR), np.float32) / 255.0
+    want = (want - np.array(pre.mean, np.float32)) / np.array(pre.std, np.float32)
+    np.testing.assert_allclose(pre.apply(img).permute(1, 2, 0).numpy(), want, rtol=0, atol=1e-5)
+    assert pre.output_size(1000, 3) == (24, 50)
+    assert Preprocess.from_dict(json.loads(json.dumps(pre.to_dict()))) == pre
+    assert "resize" not in Preprocess().to_dict()  # unset fields stay out: old fingerprints hold
+    with pytest.raises(ValueError, match="max_side or resize, not both"):
+        Preprocess(max_side=10, resize=(4, 4))
+    with pytest.raises(ValueError, match=r"resize must be \(H, W\)"):
+        Preprocess(resize=(0, 4))
+
+
 def test_config_round_trip_and_errors():
     cfg = PRESETS["vgg16-netvlad"].replace(whiten_dim=128)
     assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     assert ModelConfig(method="intra_vlad_preL2").method == "vlad_preL2_intra"
+    torch_order = cfg.replace(vlad_order="torch")
+    assert ModelConfig.from_dict(json.loads(json.dumps(torch_order.to_dict()))) == torch_order
+    assert "vlad_order" not in cfg.to_dict()  # the default stays out: older fingerprints hold
+    with pytest.raises(ValueError, match="unknown vlad_order"):
+        cfg.replace(vlad_order="cm")
     with pytest.raises(ValueError, match="unsupported token"):
         ModelConfig(method="vlad_bogus")
     with pytest.raises(ValueError, match="unknown model preset 'nope'; choose from vgg16-netvlad"):

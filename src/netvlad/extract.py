@@ -63,7 +63,8 @@ class ExtractConfig:
         overwrite: replace an existing output from another model/image list.
         max_side: override the model's preprocessing resize: None keeps the model's, a positive
             value caps the longest side at that many pixels, 0 means native resolution (no resize,
-            even when the model's preprocessing has a max_side; the benchmarks' protocol).
+            even when the model's preprocessing has a max_side or a fixed resize; the benchmarks'
+            protocol).
         model_ref: how to rebuild the model later (a preset name or a checkpoint's absolute path),
             stored as the feature file's ``model_ref`` attribute so ``netvlad index build`` and
             ``netvlad query`` need no --model. Provenance only: not part of the file's identity.
@@ -183,8 +184,8 @@ def _preprocess_for(model: torch.nn.Module, max_side: int | None) -> Any:
         return pre
     if int(max_side) < 0:
         raise ValueError(f"max_side must be >= 0 (0: native resolution), got {max_side}")
-    # Preprocess says "no resize" with max_side=None.
-    return dataclasses.replace(pre, max_side=int(max_side) or None)
+    # Preprocess says "no resize" with max_side=None and resize=None; an explicit value replaces both.
+    return dataclasses.replace(pre, max_side=int(max_side) or None, resize=None)
 
 
 def _as_dict(obj: Any) -> dict:

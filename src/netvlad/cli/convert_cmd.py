@@ -16,19 +16,20 @@ DEFAULT_NUM_PAIRS = 50
 
 def register(sub) -> None:
     """Add this module's sub-commands to `sub` (an argparse subparsers action)."""
-    from netvlad.convert import ConvertConfig
+    from netvlad.convert import SUPPORTED_FORMATS, ConvertConfig
     from netvlad.export import ExportConfig
 
     cdef, edef = ConvertConfig(), ExportConfig()
     p = sub.add_parser(
         "convert",
-        help="convert a MatConvNet .mat model (released NetVLAD or ImageNet) to a checkpoint",
-        description="Read a MatConvNet SimpleNN model (v5 or v7.3 .mat): a released NetVLAD model after "
-        "class→struct conversion (vd16_pitts30k_conv5_3_vlad_preL2_intra_white, ...) or an ImageNet model "
-        "(imagenet-vgg-verydeep-16.mat, imagenet-caffe-ref.mat), and save a checkpoint whose descriptors "
-        "match MATLAB's (0–255 RGB minus averageImage(1,1,:), no resize).",
+        help="convert a published NetVLAD model (MATLAB .mat or a PyTorch project's checkpoint)",
+        description="Read a foreign model file, recognised by its content: "
+        + "; ".join(SUPPORTED_FORMATS)
+        + ". The checkpoint written outputs exactly the vector its source outputs for the same image "
+        "(same preprocessing, same descriptor order), so descriptors computed with the source stay valid. "
+        "Loading never executes code from the file.",
     )
-    p.add_argument("mat", type=Path, metavar="FILE.mat")
+    p.add_argument("mat", type=Path, metavar="FILE")
     p.add_argument(
         "--out", type=Path, required=True, metavar="MODEL", help="checkpoint to write (.pt or .safetensors)"
     )
@@ -107,24 +108,23 @@ def register(sub) -> None:
 
 
 def run_convert(args) -> int:
-    from netvlad.convert import ConvertConfig, convert_matconvnet
+    from netvlad.cli.models_cmd import describe_order, describe_preprocess
+    from netvlad.convert import ConvertConfig, convert_file
     from netvlad.models import save_model
 
     if args.num_clusters < 2:
         raise CLIError(f"--num-clusters must be >= 2, got {args.num_clusters}")
     config = ConvertConfig(method=args.method, crop=args.crop, num_clusters=args.num_clusters)
-    model, info = convert_matconvnet(args.mat, config)
+    model, info = convert_file(args.mat, config)
     save_model(model, args.out, extra={"converted_from": info.to_dict()})
-    kind = "released NetVLAD model" if info.released else "ImageNet backbone"
     print(
-        f"{args.mat}: {kind}, {info.arch} cropped at {info.crop}, head {info.method}"
+        f"{args.mat}: {info.format}: {info.arch} cropped at {info.crop}, head {info.method}"
         + (f" (K={info.num_clusters})" if info.num_clusters else "")
         + (f", WPCA to {info.whiten_dim}-D" if info.whiten_dim else "")
     )
-    print(
-        f"preprocessing: 0–255 RGB minus mean pixel ({', '.join(f'{v:.3f}' for v in info.mean_rgb)}), "
-        "no std, no resize"
-    )
+    print(f"preprocessing: {describe_preprocess(model.preprocess)}")
+    if model.method.is_vlad:
+        print(f"vlad order: {describe_order(model.config.vlad_order)}")
     print(f"wrote {args.out}: out_dim {model.out_dim}, fingerprint {model.fingerprint()[:16]}")
     for note in info.notes:
         print(f"note: {note}")

@@ -53,11 +53,26 @@ def register(sub) -> None:
     p.set_defaults(func=run_init)
 
 
-def _preprocess_text(pre) -> str:
-    size = "full resolution" if pre.max_side is None else f"longer side <= {pre.max_side}"
+def describe_preprocess(pre) -> str:
+    """One line saying how pixels become the network input."""
+    if pre.resize is not None:
+        size = f"resized to {pre.resize[0]}×{pre.resize[1]} (H×W, aspect ignored)"
+    else:
+        size = "full resolution" if pre.max_side is None else f"longer side <= {pre.max_side}"
     if pre.style == "matconvnet":
         return f"matconvnet: RGB 0-255 minus mean {pre.mean}, no std, {size}"
     return f"imagenet: RGB 0-1, mean {pre.mean}, std {pre.std}, {size}"
+
+
+_ORDER_TEXT = {
+    "matlab": "d·K+k (MATLAB's: cluster index fastest)",
+    "torch": "k·D+d (cluster-major, as the PyTorch projects it was converted from)",
+}
+
+
+def describe_order(order: str) -> str:
+    """Words for a ``vlad_order``."""
+    return _ORDER_TEXT[order]
 
 
 def _weights_text(cfg) -> str:
@@ -115,6 +130,7 @@ def run_describe(args) -> int:
         "stride": getattr(bb, "stride", None), "local_dim": m.local_dim,
         "method": cfg.method, "num_clusters": cfg.num_clusters if m.method.is_vlad else None,
         "whiten_dim": cfg.whiten_dim, "out_dim": m.out_dim,
+        "vlad_order": cfg.vlad_order if m.method.is_vlad else None,
         "preprocess": cfg.preprocess.to_dict(), "initialized": m.initialized,
         "parameters": sum(p.numel() for p in m.parameters()),
         "layers": m.layer_names(), "fingerprint": m.fingerprint(),
@@ -132,7 +148,8 @@ def run_describe(args) -> int:
         ("weights", _weights_text(cfg)),
         ("head", head),
         ("output dim", str(m.out_dim)),
-        ("preprocessing", _preprocess_text(cfg.preprocess)),
+        *([("vlad order", describe_order(cfg.vlad_order))] if m.method.is_vlad else []),
+        ("preprocessing", describe_preprocess(cfg.preprocess)),
         ("initialised", ready),
         ("parameters", f"{info['parameters']:,}"),
         ("fingerprint", info["fingerprint"]),

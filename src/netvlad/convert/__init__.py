@@ -7,6 +7,7 @@ descriptors match MATLAB's (:mod:`netvlad.convert.model`).
 
 from __future__ import annotations
 
+from netvlad.convert.dispatch import SUPPORTED_FORMATS, convert_file
 from netvlad.convert.matconvnet import (
     CLASS2STRUCT_HINT,
     HeadSpec,
@@ -21,12 +22,14 @@ from netvlad.convert.model import SUPPORTED_ARCHS, ConversionInfo, ConvertConfig
 __all__ = [
     "CLASS2STRUCT_HINT",
     "SUPPORTED_ARCHS",
+    "SUPPORTED_FORMATS",
     "ConversionInfo",
     "ConvertConfig",
     "HeadSpec",
     "MatLayer",
     "MatNet",
     "MatlabObject",
+    "convert_file",
     "convert_matconvnet",
     "is_v73",
     "load_matconvnet",

@@ -58,28 +58,44 @@ class ConvertConfig:
 
 @dataclass
 class ConversionInfo:
-    """What the converter found (printed by the CLI, stored in the checkpoint's ``extra``)."""
+    """What a converter found (printed by ``netvlad convert``, stored in the checkpoint's ``extra``).
+
+    Attributes:
+        source: the file converted.
+        format: what the file was recognised as, in words (e.g. "MatConvNet SimpleNN").
+        arch, crop, method: the backbone, its crop layer and the aggregation method.
+        released: the file holds a trained aggregation head (False: a backbone only).
+        num_clusters: K of a NetVLAD head (None otherwise).
+        whiten_dim: output dimension of the file's (W)PCA layer, None without one.
+        preprocess: the model's input preprocessing (``Preprocess.to_dict()``).
+        vlad_order: flat layout of the NetVLAD vector ("matlab" or "torch").
+        notes: anything the user should know (uninitialised head, ignored keys, ...).
+    """
 
     source: str
+    format: str
     arch: str
     crop: str
     method: str
     released: bool
     num_clusters: int | None
     whiten_dim: int | None
-    mean_rgb: tuple[float, float, float]
+    preprocess: dict = field(default_factory=dict)
+    vlad_order: str = "matlab"
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
             "source": self.source,
+            "format": self.format,
             "arch": self.arch,
             "crop": self.crop,
             "method": self.method,
             "released": self.released,
             "num_clusters": self.num_clusters,
             "whiten_dim": self.whiten_dim,
-            "mean_rgb": list(self.mean_rgb),
+            "preprocess": dict(self.preprocess),
+            "vlad_order": self.vlad_order,
             "notes": list(self.notes),
         }
 
@@ -313,13 +329,14 @@ def convert_matconvnet(path: str | Path, config: ConvertConfig | None = None):
         )
     info = ConversionInfo(
         source=str(path),
+        format=f"MatConvNet SimpleNN ({'NetVLAD model' if head.pool is not None else 'ImageNet backbone'})",
         arch=arch,
         crop=crop,
         method=model.method.name,
         released=head.pool is not None,
         num_clusters=num_clusters if model.method.is_vlad else None,
         whiten_dim=model.config.whiten_dim,
-        mean_rgb=net.average_rgb,
+        preprocess=preprocess.to_dict(),
         notes=notes,
     )
     log.info("converted %s: %s cropped at %s, %s, out_dim %d", path, arch, crop, info.method, model.out_dim)

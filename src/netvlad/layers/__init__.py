@@ -28,6 +28,7 @@ __all__ = [
     "Method",
     "NetVLAD",
     "UninitializedError",
+    "VLAD_ORDERS",
     "build_head",
     "kmeans",
     "l2n_eps_inside",
@@ -39,6 +40,11 @@ log = logging.getLogger(__name__)
 
 #: The epsilon of every normalisation in the original (MatConvNet ``normalize`` and whole-L2).
 EPS = 1e-12
+
+#: Flat layouts of the K×D VLAD matrix: "matlab" puts element (k, d) at d·K + k (the original's
+#: column-major vec, which released whitening matrices expect); "torch" at k·D + d (cluster-major,
+#: ``vlad.view(B, -1)`` in pytorch-NetVlad, Patch-NetVLAD, OpenIBL and the VG benchmark).
+VLAD_ORDERS = ("matlab", "torch")
 
 POOLS = ("max", "avg", "vlad", "vladv2")
 FLAGS = ("preL2", "intra")
@@ -193,6 +199,9 @@ class NetVLAD(nn.Module):
         intra_norm: intra-normalise each V_k (the ``intra`` token).
         pre_l2: L2-normalise each input descriptor first (the ``preL2`` token). The contract's
             ``NetVLAD`` takes already-normalised input; heads built by :func:`build_head` set this.
+        order: flat layout of the output, one of ``VLAD_ORDERS`` ("matlab": d·K + k, the default;
+            "torch": k·D + d, kept by models converted from PyTorch projects so their stored
+            descriptors stay valid).
 
     Attributes:
         centroids: K×D Parameter c_k (the original stores the offset −c_k).
@@ -202,9 +211,11 @@ class NetVLAD(nn.Module):
 
     def __init__(
         self, dim: int, num_clusters: int = 64, vladv2: bool = False, intra_norm: bool = True,
-        pre_l2: bool = False,
+        pre_l2: bool = False, order: str = "matlab",
     ):
         super().__init__()
+        if order not in VLAD_ORDERS:
+            raise ValueError(f"unknown VLAD order {order!r}; choose from {', '.join(VLAD_ORDERS)}")
         if dim < 1 or num_clusters < 2:
             raise ValueError(f"NetVLAD needs dim >= 1 and num_clusters >= 2, got dim={dim}, K={num_clusters}")
         self.dim = int(dim)
@@ -212,6 +223,7 @@ class NetVLAD(nn.Module):
         self.vladv2 = bool(vladv2)
         self.intra_norm = bool(intra_norm)
         self.pre_l2 = bool(pre_l2)
+        self.order = order
         self.centroids = nn.Parameter(torch.rand(num_clusters, dim))
         self.assignment = nn.Conv2d(dim, num_clusters, kernel_size=1, bias=vladv2)
         self.register_buffer("initialized", torch.tensor(False))
@@ -223,7 +235,7 @@ class NetVLAD(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, num_clusters={self.num_clusters}, vladv2={self.vladv2}, "
-            f"intra_norm={self.intra_norm}, pre_l2={self.pre_l2}"
+            f"intra_norm={self.intra_norm}, pre_l2={self.pre_l2}, order={self.order}"
         )
 
     def check_ready(self) -> None:
@@ -256,6 +268,8 @@ class NetVLAD(nn.Module):
             vlad = torch.bmm(a.transpose(1, 2), xt) - a.sum(1).unsqueeze(2) * c  # B×K×D
             if self.intra_norm:
                 vlad = l2n_eps_inside(vlad, dim=2)
+            if self.order == "torch":
+                return whole_l2n(vlad.reshape(b, self.num_clusters * d))
             # MATLAB's [K, D] column-major vec: element (k, d) at d·K + k.
             return whole_l2n(vlad.transpose(1, 2).reshape(b, d * self.num_clusters))
 
@@ -365,13 +379,14 @@ class AvgPool(_GlobalPool):
         return x.mean(dim=(2, 3))
 
 
-def build_head(method: Method | str, dim: int, num_clusters: int = 64) -> nn.Module:
+def build_head(method: Method | str, dim: int, num_clusters: int = 64, order: str = "matlab") -> nn.Module:
     """The aggregation head of ``addLayers``: preL2 (if asked) → pooling → (intra) → L2.
 
+    ``order`` is the NetVLAD output layout (see ``VLAD_ORDERS``); pooling heads ignore it.
     Returns a module with ``.out_dim`` taking the backbone's B×D×H×W map to L2-normalised B×out_dim.
     """
     method = parse_method(method)
     if method.is_vlad:
         return NetVLAD(dim, num_clusters, vladv2=method.pool == "vladv2", intra_norm=method.intra,
-                       pre_l2=method.pre_l2)
+                       pre_l2=method.pre_l2, order=order)
     return (MaxPool if method.pool == "max" else AvgPool)(dim, pre_l2=method.pre_l2)

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from netvlad.backbones import LITE0_PREPROCESS
-from netvlad.layers import parse_method
+from netvlad.layers import VLAD_ORDERS, parse_method
 
 __all__ = ["IMAGENET", "LITE0", "MATCONVNET", "PRESETS", "ModelConfig", "Preprocess", "list_presets"]
 
@@ -30,6 +30,10 @@ class Preprocess:
         max_side: if set, images whose longer side exceeds it are downscaled (PIL bilinear,
             antialiased) so the longer side equals it; smaller images are never upscaled.
             None (the original's behaviour): full resolution.
+        resize: if set, (H, W): every image is resized to exactly H×W, aspect ratio ignored (PIL
+            bilinear, which is what torchvision's ``Resize((H, W))`` does to a PIL image). The
+            PyTorch projects extract at 480×640 this way (Patch-NetVLAD, OpenIBL, the VG benchmark);
+            their converted models keep it. Exclusive with ``max_side``.
     """
 
     style: str = "matconvnet"
@@ -37,6 +41,7 @@ class Preprocess:
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     scale: float = 255.0
     max_side: int | None = None
+    resize: tuple[int, int] | None = None
 
     def __post_init__(self):
         if self.style not in ("matconvnet", "imagenet"):
@@ -47,15 +52,30 @@ class Preprocess:
             raise ValueError(f"Preprocess needs 3 means and 3 positive stds, got {self.mean}, {self.std}")
         if self.max_side is not None and int(self.max_side) < 1:
             raise ValueError(f"max_side must be a positive integer or None, got {self.max_side}")
+        if self.resize is not None:
+            size = tuple(int(v) for v in self.resize)
+            if len(size) != 2 or min(size) < 1:
+                raise ValueError(f"resize must be (H, W) with positive sizes or None, got {self.resize}")
+            if self.max_side is not None:
+                raise ValueError("Preprocess takes max_side or resize, not both")
+            object.__setattr__(self, "resize", size)
 
-    def resize(self, img: np.ndarray) -> np.ndarray:
-        """Downscale H×W×3 uint8 so that max(H, W) <= max_side (no-op when unset or already small)."""
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """(H', W') of the network input for an H×W image under ``resize`` / ``max_side``."""
+        if self.resize is not None:
+            return self.resize
+        if self.max_side is None or max(height, width) <= self.max_side:
+            return height, width
+        s = self.max_side / max(height, width)
+        return max(1, round(height * s)), max(1, round(width * s))
+
+    def rescale(self, img: np.ndarray) -> np.ndarray:
+        """Resize H×W×3 uint8 to :meth:`output_size` (no-op when that is its size already)."""
         h, w = img.shape[:2]
-        if self.max_side is None or max(h, w) <= self.max_side:
+        size = self.output_size(h, w)
+        if size == (h, w):
             return img
-        s = self.max_side / max(h, w)
-        size = (max(1, round(w * s)), max(1, round(h * s)))
-        return np.array(Image.fromarray(img).resize(size, Image.Resampling.BILINEAR))
+        return np.array(Image.fromarray(img).resize(size[::-1], Image.Resampling.BILINEAR))
 
     def apply(self, img: np.ndarray) -> torch.Tensor:
         """H×W×3 (or H×W grey) uint8 array → 3×H'×W' float32 tensor ready for the backbone."""
@@ -66,7 +86,7 @@ class Preprocess:
             img = np.repeat(img[..., None], 3, axis=2)
         if img.ndim != 3 or img.shape[2] != 3:
             raise ValueError(f"Preprocess.apply expects an H×W×3 RGB image, got shape {img.shape}")
-        img = self.resize(img)
+        img = self.rescale(img)
         if not img.flags.writeable:  # e.g. np.asarray(PIL image); torch warns on read-only memory
             img = img.copy()
         t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).to(torch.float32)
@@ -81,8 +101,12 @@ class Preprocess:
         return self.apply(img)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"style": self.style, "mean": list(self.mean), "std": list(self.std), "scale": self.scale,
-                "max_side": self.max_side}
+        d = {"style": self.style, "mean": list(self.mean), "std": list(self.std), "scale": self.scale,
+             "max_side": self.max_side}
+        # Written only when set, so configs (and model fingerprints) from before the field are unchanged.
+        if self.resize is not None:
+            d["resize"] = list(self.resize)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preprocess:
@@ -116,6 +140,8 @@ class ModelConfig:
         preprocess: input preprocessing.
         pretrained: where the backbone weights came from ("imagenet", a file name, a converted
             MATLAB model) or None for random init. Provenance only: a checkpoint holds the weights.
+        vlad_order: flat layout of the NetVLAD vector (``netvlad.layers.VLAD_ORDERS``): "matlab"
+            (d·K + k, the original's) or "torch" (k·D + d, models converted from PyTorch projects).
     """
 
     backbone: str = "vgg16"
@@ -125,9 +151,12 @@ class ModelConfig:
     whiten_dim: int | None = None
     preprocess: Preprocess = field(default_factory=lambda: MATCONVNET)
     pretrained: str | None = None
+    vlad_order: str = "matlab"
 
     def __post_init__(self):
         object.__setattr__(self, "method", parse_method(self.method).name)
+        if self.vlad_order not in VLAD_ORDERS:
+            raise ValueError(f"unknown vlad_order {self.vlad_order!r}; choose from {', '.join(VLAD_ORDERS)}")
         if self.num_clusters < 2:
             raise ValueError(f"num_clusters must be >= 2, got {self.num_clusters}")
         if self.whiten_dim is not None and self.whiten_dim < 1:
@@ -139,6 +168,8 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["preprocess"] = self.preprocess.to_dict()
+        if self.vlad_order == "matlab":  # the default is left out: older fingerprints stay valid
+            del d["vlad_order"]
         return d
 
     @classmethod
@@ -148,7 +179,10 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown model config fields {sorted(unknown)}")
         if isinstance(d.get("preprocess"), dict):
-            d["preprocess"] = Preprocess.from_dict(d["preprocess"])
+            pre = dict(d["preprocess"])
+            if pre.get("resize") is not None:
+                pre["resize"] = tuple(pre["resize"])
+            d["preprocess"] = Preprocess.from_dict(pre)
         return cls(**d)
 
 

@@ -45,7 +45,7 @@ class PlaceModel(nn.Module):
         self.method = parse_method(config.method)
         self.backbone = backbone
         self.local_dim = int(backbone.out_channels)
-        self.head = build_head(self.method, self.local_dim, config.num_clusters)
+        self.head = build_head(self.method, self.local_dim, config.num_clusters, config.vlad_order)
         self.whitening: nn.Linear | None = None
         if config.whiten_dim is not None:
             self.whitening = nn.Linear(self.head.out_dim, config.whiten_dim, bias=True)
