@@ -1,6 +1,8 @@
 """Test helpers for the MatConvNet converter: build networks in the released .mat layouts, write
-them exactly as MATLAB does (v5 through scipy, v7.3 through h5py), and run an independent NumPy
-implementation of the MatConvNet forward pass written from docs/spec.md's formulas.
+them exactly as MATLAB does (v5 through scipy, v7.3 through h5py, class objects through mat-io),
+and run an independent NumPy implementation of the MatConvNet forward pass written from
+MatConvNet's documented formulas (vl_nnconv, vl_nnpool, vl_nnnormalize) and the NetVLAD layers'
+forward_ methods.
 
 Networks are plain Python values (dict = struct, list = cell, str = char, ndarray = numeric in
 MATLAB's shape), so the reference reads the same values that go into the file, never our parser.
@@ -12,6 +14,30 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+# --------------------------------------------------------------------------- inputs and outputs
+
+
+def campus_photos(sizes):
+    """Real street photos (mvtbdata's campus sequence) downscaled to ``sizes`` (W, H), as uint8 RGB."""
+    import mvtbdata
+    from PIL import Image
+
+    folder = Path(mvtbdata.__file__).parent / "images" / "campus"
+    files = sorted(folder.glob("*.png"))[::7][: len(sizes)]
+    return [
+        np.array(Image.open(f).convert("RGB").resize(s, Image.Resampling.BILINEAR))
+        for f, s in zip(files, sizes)
+    ]
+
+
+def descriptor(model, img):
+    """Our model's float64 descriptor of one H×W×3 uint8 image (the model's own preprocessing)."""
+    import torch
+
+    with torch.no_grad():
+        return model(model.preprocess.apply(img)[None])[0].double().numpy()
+
 
 # --------------------------------------------------------------------------- network builders
 
@@ -406,6 +432,131 @@ def write_v5_with_object(path: Path, classname: str) -> Path:
     header = b"MATLAB 5.0 MAT-file, written by the netvlad tests".ljust(116) + b"\x00" * 8 + b"\x00\x01IM"
     path.write_bytes(header + matrix(body))
     return path
+
+
+# --------------------------------------------------------------------------- class objects (mat-io)
+
+#: Properties of the original's custom layer classes, in their classdef order.
+CLASS_PROPERTIES = {
+    "layerVLAD": (
+        "type",
+        "name",
+        "K",
+        "D",
+        "vladDim",
+        "weights",
+        "momentum",
+        "learningRate",
+        "weightDecay",
+        "precious",
+    ),
+    "layerWholeL2Normalize": ("type", "name", "precious"),
+    "layerTotalMaxPool": ("type", "name", "precious"),
+    "layerTotalAvgPool": ("type", "name", "precious"),
+}
+CLASS_PROPERTIES["layerVLADv2"] = CLASS_PROPERTIES["layerVLAD"]
+
+#: Classes whose saveobj (relja_saveobj) returns a struct of every property.
+SAVEOBJ_CLASSES = ("layerVLAD", "layerVLADv2")
+
+
+class ClassObject:
+    """A MATLAB classdef instance to be written by :func:`write_mat_objects`.
+
+    ``properties`` are plain Python values (as in the network builders). ``saveobj``: stored as
+    a class with a saveobj method stores it (one property ``any`` holding the returned struct);
+    default: as the original's classes do (:data:`SAVEOBJ_CLASSES`).
+    """
+
+    def __init__(self, classname: str, properties: dict, saveobj: bool | None = None):
+        self.classname = classname
+        self.properties = properties
+        self.saveobj = classname in SAVEOBJ_CLASSES if saveobj is None else saveobj
+
+
+def class_of(layer: dict) -> str | None:
+    """The class addLayers/addPCA used for a custom head layer (by its name and weights)."""
+    if layer.get("type") != "custom":
+        return None
+    name = layer["name"]
+    if "vlad" in name:
+        return "layerVLADv2" if len(layer["weights"]) == 3 else "layerVLAD"
+    if name.startswith("max"):
+        return "layerTotalMaxPool"
+    if name.startswith("avg"):
+        return "layerTotalAvgPool"
+    return "layerWholeL2Normalize"
+
+
+def as_class_objects(layers: list) -> list:
+    """The layers as the original release stores them: custom head layers become class objects.
+
+    Each object's properties are its class's (:data:`CLASS_PROPERTIES`), taken from the layer
+    struct, so the NumPy reference run on ``layers`` reads the very values written.
+    """
+    out = []
+    for layer in layers:
+        cls = class_of(layer)
+        if cls is None:
+            out.append(layer)
+            continue
+        props = {key: layer[key] for key in CLASS_PROPERTIES[cls]}
+        out.append(ClassObject(cls, props))
+    return out
+
+
+def _to_matio(value):
+    from matio.utils import MatlabOpaque
+
+    if isinstance(value, ClassObject):
+        props = {k: _to_matio(v) for k, v in value.properties.items()}
+        if value.saveobj:  # what the file holds for a class with saveobj: the returned struct
+            props = {"any": props}
+        return MatlabOpaque(properties=props, classname=value.classname)
+    if isinstance(value, dict):
+        return {k: _to_matio(v) for k, v in value.items()}
+    if isinstance(value, list):
+        # Built element by element: np.array() would merge equal-shape arrays into one.
+        arr = np.empty((1, len(value)), dtype=object)
+        for i, v in enumerate(value):
+            arr[0, i] = _to_matio(v)
+        return arr
+    if isinstance(value, bool):
+        return np.array([[value]])
+    return value
+
+
+def write_mat_objects(path: Path, variables: dict, version: str) -> Path:
+    """Write with MATLAB class objects through mat-io (``version`` "v7" or "v7.3").
+
+    Values as for :func:`write_v5`, plus :class:`ClassObject` instances, which become MCOS
+    objects in the file's subsystem exactly as MATLAB's ``save`` stores them.
+    """
+    import matio
+
+    # mat-io marks saveobj return values per class.
+    saveobj = sorted({obj.classname for obj in _class_objects(variables) if obj.saveobj})
+    matio.save_to_mat(
+        str(path),
+        {k: _to_matio(v) for k, v in variables.items()},
+        version=version,
+        saveobj_classes=saveobj,
+        **({"do_compression": False} if version == "v7" else {}),
+    )
+    return path
+
+
+def _class_objects(value):
+    if isinstance(value, ClassObject):
+        yield value
+        for v in value.properties.values():
+            yield from _class_objects(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _class_objects(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _class_objects(v)
 
 
 # --------------------------------------------------------------------------- NumPy MatConvNet forward

@@ -3,16 +3,15 @@ NumPy MatConvNet forward pass (tests/convert_reference.py) on real photos."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from convert_reference import (
     VGG_MEAN,
     caffe_ref_backbone,
+    campus_photos,
+    descriptor,
     imagenet_vars,
     matconvnet_forward,
     netvlad_head,
@@ -31,23 +30,6 @@ TOL = 1e-4
 WRITERS = {"v5": write_v5, "v73": write_v73}
 
 
-def _photos(sizes):
-    """Real street photos (mvtbdata's campus sequence) downscaled to ``sizes`` (W, H)."""
-    import mvtbdata
-
-    folder = Path(mvtbdata.__file__).parent / "images" / "campus"
-    files = sorted(folder.glob("*.png"))[::7][: len(sizes)]
-    return [
-        np.array(Image.open(f).convert("RGB").resize(s, Image.Resampling.BILINEAR))
-        for f, s in zip(files, sizes)
-    ]
-
-
-def _ours(model, img):
-    with torch.no_grad():
-        return model(model.preprocess.apply(img)[None])[0].double().numpy()
-
-
 @pytest.fixture(scope="module")
 def vgg_weights():
     return vgg16_backbone(np.random.default_rng(0))
@@ -61,7 +43,7 @@ def caffe_weights():
 
 @pytest.fixture(scope="module")
 def photos():
-    return _photos([(80, 56), (64, 72)])
+    return campus_photos([(80, 56), (64, 72)])
 
 
 # --------------------------------------------------------------------------- readers
@@ -122,7 +104,7 @@ def test_released_vgg16_netvlad_white_matches_matlab_reference(tmp_path, fmt, vg
     refs = []
     for img in photos:
         ref = matconvnet_forward(layers, img, VGG_MEAN)
-        ours = _ours(model, img)
+        ours = descriptor(model, img)
         assert np.abs(ours - ref).max() <= TOL
         refs.append(ref)
     assert np.abs(refs[0] - refs[1]).max() > 100 * TOL  # the photos give different descriptors
@@ -156,9 +138,10 @@ def test_other_heads_match_reference(tmp_path, head, caffe_weights):
     layers = caffe_weights + hl
     model, info = convert_matconvnet(write_v5(tmp_path / "m.mat", {"net": released_net(layers)}))
     assert info.method == head and info.arch == "alexnet"
-    (img,) = _photos([(120, 100)])
+    assert info.format == "MatConvNet SimpleNN (NetVLAD model)"  # struct layers (hloc's *_struct.mat)
+    (img,) = campus_photos([(120, 100)])
     ref = matconvnet_forward(layers, img, VGG_MEAN)
-    assert np.abs(_ours(model, img) - ref).max() <= TOL
+    assert np.abs(descriptor(model, img) - ref).max() <= TOL
 
 
 def test_caffenet_released_model_uses_the_mean_images_top_left_pixel(tmp_path):
@@ -172,9 +155,9 @@ def test_caffenet_released_model_uses_the_mean_images_top_left_pixel(tmp_path):
     model, info = convert_matconvnet(path)
     assert (info.arch, info.crop) == ("alexnet", "conv5")
     np.testing.assert_allclose(model.preprocess.mean, mean_image[0, 0], rtol=1e-6)
-    (img,) = _photos([(131, 99)])
+    (img,) = campus_photos([(131, 99)])
     ref = matconvnet_forward(layers, img, mean_image[0, 0])
-    assert np.abs(_ours(model, img) - ref).max() <= TOL
+    assert np.abs(descriptor(model, img) - ref).max() <= TOL
 
 
 # --------------------------------------------------------------------------- ImageNet models
@@ -190,7 +173,7 @@ def test_imagenet_vgg16_becomes_a_backbone_for_training(tmp_path, vgg_weights, p
     model, _ = convert_matconvnet(path, ConvertConfig(method="max"))
     crop = [layer for layer in full if layer["name"] != "relu5_3"][: len(vgg_weights)]
     ref = matconvnet_forward(crop + pool_head(rng, 512, "max"), photos[0], VGG_MEAN)
-    assert np.abs(_ours(model, photos[0]) - ref).max() <= TOL
+    assert np.abs(descriptor(model, photos[0]) - ref).max() <= TOL
 
 
 @pytest.mark.parametrize("fmt,legacy", [("v73", False), ("v5", True)], ids=["v73-meta", "v5-pre-beta17"])
@@ -201,24 +184,31 @@ def test_imagenet_caffe_ref_with_lrn_and_groups(tmp_path, fmt, legacy):
     path = WRITERS[fmt](tmp_path / "imagenet-caffe-ref.mat", imagenet_vars(full, mean_image, legacy=legacy))
     model, info = convert_matconvnet(path, ConvertConfig(method="avg_preL2"))
     assert (info.arch, info.crop) == ("alexnet", "conv5")
-    (img,) = _photos([(115, 131)])
+    (img,) = campus_photos([(115, 131)])
     conv5 = [layer for layer in full][: [layer["name"] for layer in full].index("conv5") + 1]
     ref = matconvnet_forward(conv5 + pool_head(rng, 256, "avg", pre_l2=True), img, mean_image[0, 0])
-    assert np.abs(_ours(model, img) - ref).max() <= TOL
+    assert np.abs(descriptor(model, img) - ref).max() <= TOL
 
 
 # --------------------------------------------------------------------------- errors
 
 
-def test_class_objects_saved_without_conversion_v5(tmp_path):
+# Class objects whose properties are not in the file (no MCOS subsystem, e.g. a file assembled by
+# another tool): the layer, its class and why are named. Released files with their subsystem are
+# converted directly (tests/test_convert_mcos.py).
+
+
+def test_class_objects_without_their_properties_v5(tmp_path):
     path = write_v5_with_object(tmp_path / "vd16_pitts30k.mat", "layerVLAD")
     with pytest.raises(
-        ValueError, match=r"net\.layers\{2\} is a MATLAB object of class 'layerVLAD'.*struct\(layer\)"
+        ValueError,
+        match=r"vd16_pitts30k\.mat: net\.layers\{2\} is a MATLAB object of class 'layerVLAD' whose "
+        r"properties cannot be read: the file has no MCOS subsystem.*struct\(net\.layers\{i\}\)",
     ):
         convert_matconvnet(path)
 
 
-def test_class_objects_saved_without_conversion_v73(tmp_path, caffe_weights):
+def test_class_objects_without_their_properties_v73(tmp_path, caffe_weights):
     rng = np.random.default_rng(8)
     layers = caffe_weights + netvlad_head(rng, 256, k=4)
     path = write_v73(
@@ -228,8 +218,8 @@ def test_class_objects_saved_without_conversion_v73(tmp_path, caffe_weights):
     )
     with pytest.raises(
         ValueError,
-        match=r"net\.layers\{15\} is a MATLAB object of class 'layerVLAD', "
-        r"net\.layers\{17\} .*'layerWholeL2Normalize'.*net_class2struct",
+        match=r"m\.mat: net\.layers\{15\} is a MATLAB object of class 'layerVLAD' whose properties cannot "
+        r"be read: the file has no MCOS subsystem",
     ):
         convert_matconvnet(path)
 
@@ -284,8 +274,8 @@ def test_cli_convert_writes_a_loadable_checkpoint(tmp_path, capsys, caffe_weight
     printed = capsys.readouterr().out
     assert "alexnet cropped at conv5, head vlad_preL2_intra (K=8), WPCA to 16-D" in printed
     model = load_model(out)
-    (img,) = _photos([(100, 90)])
+    (img,) = campus_photos([(100, 90)])
     ref = matconvnet_forward(layers, img, VGG_MEAN)
-    assert np.abs(_ours(model, img) - ref).max() <= TOL
+    assert np.abs(descriptor(model, img) - ref).max() <= TOL
     assert main(["convert", str(path), "--out", str(out), "--method", "max"]) == 2
     assert "contradicts" in capsys.readouterr().err

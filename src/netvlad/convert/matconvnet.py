@@ -2,9 +2,12 @@
 
 Two layouts are understood:
 
-- released NetVLAD models after netvlad_tf_open's class→struct conversion: one variable ``net``
-  with ``net.layers`` (a cell of structs with ``type``, ``name``, ``weights``) and
-  ``net.meta.normalization.averageImage``. Head layers follow ``addLayers``/``addPCA``:
+- released NetVLAD models: one variable ``net`` with ``net.layers`` (a cell of layers) and
+  ``net.meta.normalization.averageImage``. In the original release the head's custom layers are
+  MATLAB class objects (:data:`LAYER_CLASSES`: ``layerVLAD``/``layerVLADv2`` save every property
+  through ``saveobj`` as one struct, the others as plain properties); after netvlad_tf_open's
+  class→struct conversion (hloc's ``*_struct.mat``) they are structs with ``type = 'custom'``, and
+  their kind is recognised from the name and weights. Head layers follow ``addLayers``/``addPCA``:
   ``preL2`` (normalize) → ``vlad:core`` (custom; weights {assignment D×K, offset −c D×K}, plus a
   1×K bias for vladv2) or ``max:core``/``avg:core`` → ``vlad:intranorm`` (normalize) → ``postL2``
   (custom) → ``WPCA``/``PCA`` (conv 1×1×dim×pcaDim with bias) → ``finalL2`` (custom).
@@ -25,16 +28,40 @@ import numpy as np
 
 from netvlad.convert.matfile import MatlabObject, read_mat
 
-__all__ = ["MatLayer", "MatNet", "HeadSpec", "load_matconvnet", "split_network", "CLASS2STRUCT_HINT"]
+__all__ = [
+    "MatLayer",
+    "MatNet",
+    "HeadSpec",
+    "load_matconvnet",
+    "split_network",
+    "LAYER_CLASSES",
+    "CLASS2STRUCT_HINT",
+]
 
-#: How to turn a file with MATLAB class objects into one Python can read (netvlad_tf_open's
-#: matlab/net_class2struct.m does exactly this).
+#: The original's custom layer classes (addLayers/addPCA) → the head kind they compute.
+LAYER_CLASSES = {
+    "layerVLAD": "vlad",
+    "layerVLADv2": "vladv2",
+    "layerWholeL2Normalize": "wholel2",
+    "layerTotalMaxPool": "max",
+    "layerTotalAvgPool": "avg",
+}
+
+#: Each class's default ``name`` property (what a layer built without a name carries).
+_CLASS_DEFAULT_NAMES = {
+    "layerVLAD": "VLAD",
+    "layerVLADv2": "VLAD",
+    "layerWholeL2Normalize": "wholeL2",
+    "layerTotalMaxPool": "maxTotal",
+    "layerTotalAvgPool": "avgTotal",
+}
+
+#: The way around a file whose class objects cannot be read here (no mat-io): structs instead,
+#: made in MATLAB (netvlad_tf_open's matlab/net_class2struct.m does exactly this).
 CLASS2STRUCT_HINT = (
-    "Python cannot read MATLAB class objects. Convert them to structs in MATLAB (with the NetVLAD "
-    "code on the path so the classes load): load the file, replace every layer by struct(layer), "
-    "e.g. `for i = 1:numel(net.layers), net.layers{i} = struct(net.layers{i}); end`, then "
-    "`save('converted.mat', 'net')` (this is netvlad_tf_open's matlab/net_class2struct.m), and "
-    "convert converted.mat"
+    "or convert the classes to structs in MATLAB (NetVLAD code on the path): "
+    "`for i = 1:numel(net.layers), net.layers{i} = struct(net.layers{i}); end; "
+    "save('converted.mat', 'net')`, and convert converted.mat"
 )
 
 _BACKBONE_TYPES = {"conv", "relu", "pool", "normalize", "lrn", "dropout", "softmax", "softmaxloss"}
@@ -49,6 +76,7 @@ class MatLayer:
     type: str
     weights: list[np.ndarray] = field(repr=False)
     fields: dict[str, Any] = field(default_factory=dict, repr=False)
+    classname: str | None = None  # the MATLAB class of a layer stored as an object (a LAYER_CLASSES key)
 
     def vec(self, key: str, default: list[float] | None = None) -> np.ndarray:
         """A numeric field as a flat float64 vector (``default`` when absent or empty)."""
@@ -64,7 +92,8 @@ class MatLayer:
         return value if isinstance(value, str) else default
 
     def describe(self) -> str:
-        return f"net.layers{{{self.index}}} ({self.name!r}, type {self.type!r})"
+        kind = f"class {self.classname!r}" if self.classname else f"type {self.type!r}"
+        return f"net.layers{{{self.index}}} ({self.name!r}, {kind})"
 
 
 @dataclass
@@ -98,9 +127,13 @@ class HeadSpec:
 def load_matconvnet(path: str | Path) -> MatNet:
     """Read a SimpleNN network from a v5 or v7.3 .mat file.
 
+    Layers stored as MATLAB class objects (:data:`LAYER_CLASSES`) become layer structs whose
+    ``classname`` says their kind.
+
     Raises:
-        ValueError: the file is not a SimpleNN network, holds MATLAB class objects, or a layer
-            lacks its weights; the message names the file, what was found and how to fix it.
+        ValueError: the file is not a SimpleNN network, holds a layer object of another class or
+            one whose properties cannot be read, or a layer lacks its weights; the message names
+            the file, what was found and how to fix it.
     """
     path = Path(path)
     variables = read_mat(path)
@@ -108,8 +141,8 @@ def load_matconvnet(path: str | Path) -> MatNet:
         net = variables["net"]
         if isinstance(net, MatlabObject):
             raise ValueError(
-                f"{path}: variable 'net' is a {net}, not a struct (a dagnn.DagNN network or a class "
-                f"object). Only SimpleNN networks are supported. {CLASS2STRUCT_HINT}"
+                f"{path}: variable 'net' is a {net}, not a SimpleNN struct with 'layers' "
+                "(MatConvNet DagNN networks are not supported, only SimpleNN)"
             )
         if not isinstance(net, dict):
             raise ValueError(
@@ -133,17 +166,36 @@ def load_matconvnet(path: str | Path) -> MatNet:
         raw_layers = [raw_layers]
     if not isinstance(raw_layers, list) or not raw_layers:
         raise ValueError(f"{path}: 'layers' is not a non-empty cell array of layer structs")
-    objects = [(i + 1, item) for i, item in enumerate(raw_layers) if isinstance(item, MatlabObject)]
-    if objects:
-        found = ", ".join(f"net.layers{{{i}}} is a {obj}" for i, obj in objects[:6])
-        more = f" (and {len(objects) - 6} more)" if len(objects) > 6 else ""
-        raise ValueError(f"{path}: {found}{more}. {CLASS2STRUCT_HINT}")
-    layers = [_parse_layer(path, i + 1, item) for i, item in enumerate(raw_layers)]
+    layers = [
+        (_object_layer if isinstance(item, MatlabObject) else _parse_layer)(path, i + 1, item)
+        for i, item in enumerate(raw_layers)
+    ]
     meta = net.get("meta") if isinstance(net.get("meta"), dict) else {}
     norm = meta.get("normalization") if isinstance(meta.get("normalization"), dict) else None
     if norm is None and isinstance(net.get("normalization"), dict):  # pre-beta17 layout
         norm = net["normalization"]
     return MatNet(path, layers, _average_rgb(path, norm), meta, released)
+
+
+def _object_layer(path: Path, index: int, obj: MatlabObject) -> MatLayer:
+    """A layer saved as a class object → the layer struct ``struct(obj)`` would have given."""
+    where = f"{path}: net.layers{{{index}}} is a {obj}"
+    if obj.classname not in LAYER_CLASSES:
+        raise ValueError(
+            f"{where}, not one of the NetVLAD layer classes ({', '.join(LAYER_CLASSES)}); cannot convert it"
+        )
+    if obj.properties is None:
+        raise ValueError(f"{where} whose properties cannot be read: {obj.unreadable}; {CLASS2STRUCT_HINT}")
+    props = obj.properties
+    if set(props) == {"any"} and isinstance(props["any"], dict):  # saveobj's struct (layerVLAD, v2)
+        props = props["any"]
+    # The class decides the kind, whatever its type property says (always 'custom' in the original).
+    item = {**props, "type": "custom"}
+    if not isinstance(item.get("name"), str):
+        item["name"] = _CLASS_DEFAULT_NAMES[obj.classname]
+    layer = _parse_layer(path, index, item)
+    layer.classname = obj.classname
+    return layer
 
 
 def _parse_layer(path: Path, index: int, item: Any) -> MatLayer:
@@ -198,6 +250,9 @@ def _is_l2_normalize(layer: MatLayer) -> bool:
 
 
 def _custom_kind(layer: MatLayer) -> str:
+    if layer.classname is not None:
+        return LAYER_CLASSES[layer.classname]
+    # A struct (class→struct converted) layer: recognised from its name and weights.
     name = layer.name.lower()
     if "vlad" in name and ("core" in name or len(layer.weights) >= 2 or name == "vlad"):
         return "vladv2" if len(layer.weights) == 3 else "vlad"

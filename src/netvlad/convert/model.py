@@ -62,7 +62,8 @@ class ConversionInfo:
 
     Attributes:
         source: the file converted.
-        format: what the file was recognised as, in words (e.g. "MatConvNet SimpleNN").
+        format: what the file was recognised as, in words (e.g. "MatConvNet SimpleNN (NetVLAD
+            model, MATLAB class objects)").
         arch, crop, method: the backbone, its crop layer and the aggregation method.
         released: the file holds a trained aggregation head (False: a backbone only).
         num_clusters: K of a NetVLAD head (None otherwise).
@@ -259,12 +260,21 @@ def _load_head(net: MatNet, head: HeadSpec, model) -> None:
         model.set_whitening(_f32(u.T), _f32(bias.ravel(order="F")))
 
 
+def _format(net: MatNet, head: HeadSpec) -> str:
+    """What the file was found to be, for :attr:`ConversionInfo.format`."""
+    found = ["NetVLAD model" if head.pool is not None else "ImageNet backbone"]
+    if any(layer.classname for layer in net.layers):
+        found.append("MATLAB class objects")
+    return f"MatConvNet SimpleNN ({', '.join(found)})"
+
+
 def convert_matconvnet(path: str | Path, config: ConvertConfig | None = None):
     """Build a :class:`~netvlad.models.PlaceModel` from a MatConvNet .mat file (v5 or v7.3).
 
     Args:
-        path: a released NetVLAD model after class→struct conversion (``net.layers`` …), or a
-            MatConvNet ImageNet model (``imagenet-vgg-verydeep-16.mat``, ``imagenet-caffe-ref.mat``).
+        path: a released NetVLAD model (``net.layers`` …, its head layers MATLAB class objects as
+            released or structs after class→struct conversion), or a MatConvNet ImageNet model
+            (``imagenet-vgg-verydeep-16.mat``, ``imagenet-caffe-ref.mat``).
         config: :class:`ConvertConfig` (method/crop/K for backbone-only files).
 
     Returns:
@@ -273,8 +283,8 @@ def convert_matconvnet(path: str | Path, config: ConvertConfig | None = None):
         its clusters from images before use, as the original's ``getClusters`` does.
 
     Raises:
-        ValueError: not a supported network; the message names the file, what was found and how
-            to convert it (class objects need MATLAB's ``struct()``; see ``CLASS2STRUCT_HINT``).
+        ValueError: not a supported network; the message names the file and what was found (a
+            layer object of an unknown class, or class objects without mat-io to read them).
     """
     from netvlad.backbones import build_backbone
     from netvlad.models import ModelConfig, PlaceModel, Preprocess
@@ -329,7 +339,7 @@ def convert_matconvnet(path: str | Path, config: ConvertConfig | None = None):
         )
     info = ConversionInfo(
         source=str(path),
-        format=f"MatConvNet SimpleNN ({'NetVLAD model' if head.pool is not None else 'ImageNet backbone'})",
+        format=_format(net, head),
         arch=arch,
         crop=crop,
         method=model.method.name,
