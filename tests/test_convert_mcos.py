@@ -77,6 +77,7 @@ def test_objects_are_read_with_their_properties(tmp_path, version, caffe_weights
         "precious",
     ]
     assert saved["name"] == "vlad:core" and float(saved["K"][0, 0]) == 4 and float(saved["D"][0, 0]) == 96
+    assert len(saved["weights"]) == 2
     for ours, theirs in zip(saved["weights"], layers[4]["weights"]):
         assert ours.shape == theirs.shape == (1, 1, 96, 4) and ours.dtype == np.float32
         np.testing.assert_array_equal(ours, theirs)
