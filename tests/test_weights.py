@@ -107,7 +107,7 @@ def server():
     srv.daemon_threads = True
     srv.files, srv.modes, srv.requests, srv.cut_once = {}, {}, [], set()
     srv.url = f"http://127.0.0.1:{srv.server_address[1]}"
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield srv
     srv.shutdown()
@@ -200,6 +200,12 @@ def test_packaged_catalogue_entries_are_sourced_and_licensed():
             assert e.url == f"https://drive.usercontent.google.com/download?id={fid}&export=download&confirm=t"
             assert fid in e.page_url
     assert any("cct384" in item["name"] for item in cat.not_included)
+
+
+def test_readme_has_a_command_for_every_published_model():
+    readme = (ROOT / "README.md").read_text()
+    for e in list_weights():
+        assert f"`netvlad weights get {e.name}` | {e.trained_on} | {e.reproduces}" in readme, e.name
 
 
 def test_pyproject_ships_the_catalogue():
@@ -298,6 +304,28 @@ def test_server_ignoring_range_restarts_from_zero(server, tiny_model, tmp_path):
     assert (tmp_path / "downloads" / "blob.bin").read_bytes() == data
 
 
+def test_a_partial_file_the_server_cannot_extend_restarts_from_zero(server, tiny_model, tmp_path):
+    data = b"0123456789" * 1000
+    server.files["/f.bin"] = data
+    cat = _one(tmp_path, "f", server.url + "/f.bin", "f.bin")
+    (tmp_path / "downloads").mkdir()
+    (tmp_path / "downloads" / "f.bin.partial").write_bytes(data + b"junk")  # longer than the file
+    get_weights("f", tmp_path, progress=False, catalogue=cat, converter=StandIn(tiny_model))
+    assert server.requests == [("/f.bin", f"bytes={len(data) + 4}-"), ("/f.bin", None)]  # 416, then all
+    assert (tmp_path / "downloads" / "f.bin").read_bytes() == data
+
+
+def test_a_server_that_never_answers_times_out(tiny_model, tmp_path):
+    with socket.socket() as silent:  # accepts connections (backlog) but never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/f.bin"
+        cat = _one(tmp_path, "f", url, "f.bin")
+        with pytest.raises(DownloadError, match=rf"f: cannot download {url}: no answer within 0.3 s; .*at"):
+            get_weights("f", tmp_path, progress=False, catalogue=cat, converter=StandIn(tiny_model),
+                        timeout=0.3)
+
+
 @pytest.mark.parametrize("mode", ["html", "html-octet", "404"])
 def test_failed_downloads_name_the_url_and_the_manual_path(server, tiny_model, tmp_path, mode):
     server.files["/file"] = b"data"
@@ -310,7 +338,7 @@ def test_failed_downloads_name_the_url_and_the_manual_path(server, tiny_model, t
     assert "\n" not in msg and msg.startswith(f"m: cannot download {server.url}/file: ")
     assert ("HTTP 404" in msg) if mode == "404" else ("HTML page" in msg)
     assert f"fetch it by hand from {page} and put it at {tmp_path / 'downloads' / 'm.pth'}" in msg
-    assert sorted(p.name for p in (tmp_path / "downloads").iterdir()) == []
+    assert sorted(p.name for p in (tmp_path / "downloads").iterdir()) == ["m.pth.lock"]
 
 
 def test_offline_cli_exits_2_with_the_url_and_manual_path(tmp_path, monkeypatch, capsys):
@@ -372,6 +400,25 @@ def test_a_corrupted_cached_download_is_refused_until_redownloaded(server, tiny_
     assert f"got {_sha(bytes(bad))}" in msg and "--redownload" in msg and len(server.requests) == 1
     assert get_weights("tiny-caffe", tmp_path, progress=False, catalogue=cat, redownload=True) == ckpt
     assert len(server.requests) == 2 and cached.read_bytes() == data
+
+
+def test_a_second_process_waits_for_the_one_fetching(server, tiny_model, tmp_path):
+    from netvlad.weights.cache import CachePaths, cache_lock
+
+    server.files["/f.bin"] = b"model bytes"
+    cat = _one(tmp_path, "f", server.url + "/f.bin", "f.bin")
+    got = {}
+
+    def fetch():
+        got["path"] = get_weights("f", tmp_path, progress=False, catalogue=cat, converter=StandIn(tiny_model))
+
+    with cache_lock(CachePaths(tmp_path, "f", "f.bin").lock):  # another process is fetching f
+        worker = threading.Thread(target=fetch)
+        worker.start()
+        worker.join(0.5)
+        assert worker.is_alive() and server.requests == []
+    worker.join(10)
+    assert not worker.is_alive() and got["path"].is_file() and len(server.requests) == 1
 
 
 def test_a_damaged_converted_checkpoint_is_converted_again(server, tiny_model, tmp_path):
@@ -521,8 +568,9 @@ def test_cli_get_prints_the_checkpoint_and_how_to_use_it(server, tiny_mat, tmp_p
     assert main(["weights", "get", "tiny-caffe", "--dir", str(tmp_path / "d")]) == 0
     out = capsys.readouterr().out
     ckpt = next((tmp_path / "d" / "models").glob("tiny-caffe-*.safetensors"))
-    assert out.startswith(f"tiny-caffe: {ckpt}\n") and f"netvlad extract {ckpt} --images DIR" in out
-    assert "cache_dir=" in out
+    assert out.startswith(f"tiny-caffe: {ckpt}\n")
+    assert f"NETVLAD_HOME={tmp_path / 'd'} netvlad extract tiny-caffe --images DIR" in out
+    assert f"netvlad.create_model('tiny-caffe', pretrained=True, cache_dir='{tmp_path / 'd'}')" in out
     assert main(["weights", "get", "tiny-caffe", "--quiet"]) == 0  # NETVLAD_HOME this time
     quiet = capsys.readouterr().out
     assert quiet == f"{next((tmp_path / 'home' / 'models').glob('*.safetensors'))}\n"

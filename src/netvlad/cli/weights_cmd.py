@@ -61,7 +61,7 @@ def run_list(args) -> int:
     head = ("NAME", "PROJECT", "TRAINED ON", "SIZE", "FORMAT", "LICENCE", "CACHED")
     rows = [(e.name, e.project, e.trained_on, _size(e.size), e.format, e.licence, cache_status(e, args.dir))
             for e in entries]
-    widths = [min(max(len(r[i]) for r in [head, *rows]), 48) for i in range(len(head))]
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     line = "  ".join(f"{{:<{w}}}" for w in widths)
     print(line.format(*head).rstrip())
     for e, row in zip(entries, rows):
@@ -94,9 +94,9 @@ def run_get(args) -> int:
     print(f"{entry.name}: {path}")
     print(f"  project:    {entry.project} ({entry.licence})")
     print(f"  reproduces: {entry.reproduces}" + (f" ({results})" if results else ""))
-    print("use it:")
-    by_name = entry.name if args.dir is None else f"{entry.name} (with NETVLAD_HOME={args.dir})"
-    print(f"  netvlad extract {path} --images DIR --out feats.h5      # or MODEL = {by_name}")
+    print("use it (every MODEL argument takes the name or the checkpoint's path):")
+    env = "" if args.dir is None else f"NETVLAD_HOME={args.dir} "
+    print(f"  {env}netvlad extract {entry.name} --images DIR --out feats.h5")
     where = "" if args.dir is None else f", cache_dir={str(args.dir)!r}"
     print(f"  python: netvlad.create_model({entry.name!r}, pretrained=True{where})")
     return 0

@@ -5,6 +5,7 @@ Layout of a cache folder::
     downloads/<file_name>            the file as published (verified against its sha256 on every use)
     downloads/<file_name>.json       its record: sha256, url, size, time, origin (download | manual)
     downloads/<file_name>.partial    an unfinished download, resumed with an HTTP Range request
+    downloads/<file_name>.lock       held while one process fetches or converts (others wait)
     models/<name>-<sha12>.safetensors  the converted checkpoint; <sha12> starts the source's sha256
 """
 
@@ -12,17 +13,29 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from netvlad._atomic import atomic_write_text
 
-__all__ = ["CachePaths", "DownloadRecord", "default_cache_dir", "read_record", "sha256_file", "write_record"]
+__all__ = [
+    "CachePaths",
+    "DownloadRecord",
+    "cache_lock",
+    "default_cache_dir",
+    "read_record",
+    "sha256_file",
+    "write_record",
+]
+
+log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
 
@@ -75,6 +88,10 @@ class CachePaths:
     @property
     def record(self) -> Path:
         return self.download.with_name(self.file_name + ".json")
+
+    @property
+    def lock(self) -> Path:
+        return self.download.with_name(self.file_name + ".lock")
 
     @property
     def rejected(self) -> Path:
@@ -135,8 +152,8 @@ def read_record(path: Path) -> DownloadRecord | None:
         return DownloadRecord(sha256=str(d["sha256"]), size=int(d["size"]), url=d.get("url"),
                               time=str(d.get("time", "")), origin=str(d.get("origin", "download")))
     except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: unreadable download record ({exc}); delete it together with "
-                         f"{path.with_suffix('')} to download the file again") from exc
+        raise ValueError(f"{path}: unreadable download record ({exc}); download the file again with "
+                         "`netvlad weights get NAME --redownload`") from exc
 
 
 def write_record(path: Path, sha256: str, size: int, url: str | None, origin: str) -> DownloadRecord:
@@ -153,3 +170,59 @@ def sha256_file(path: Path) -> str:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
     return h.hexdigest()
+
+
+@contextmanager
+def cache_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) for the ``with`` block.
+
+    Why: ``torchrun`` starts several processes that may all ask for the same published model; the
+    first fetches and converts it, the others wait and then find it cached, instead of appending to
+    one ``.partial`` file together. The operating system's advisory lock (flock / msvcrt) is
+    released when its holder dies, so a killed download never leaves a stale lock behind.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as f:
+        if not _try_lock(f):
+            log.warning("%s: another process holds it (fetching or converting); waiting", path)
+            _lock(f)
+        try:
+            yield
+        finally:
+            _unlock(f)
+
+
+if os.name == "nt":  # pragma: no cover - exercised on Windows only
+    import msvcrt
+
+    def _try_lock(f) -> bool:
+        f.seek(0)
+        try:
+            msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+            return True
+        except OSError:
+            return False
+
+    def _lock(f) -> None:
+        while not _try_lock(f):
+            time.sleep(0.5)
+
+    def _unlock(f) -> None:
+        f.seek(0)
+        msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
+
+else:
+    import fcntl
+
+    def _try_lock(f) -> bool:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+
+    def _lock(f) -> None:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+
+    def _unlock(f) -> None:
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)

@@ -3,7 +3,8 @@
 ``get_weights(name)`` makes sure ``downloads/<file>`` is the file the catalogue (or its first
 download) says it is, converts it once into ``models/<name>-<sha12>.safetensors`` and returns that
 path; later calls make no request. The converted checkpoint is redone when the source's checksum
-or the converter's code changes.
+or the converter's code changes. A lock per entry makes concurrent processes (torchrun) wait for
+the one fetching instead of downloading into the same file.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from netvlad.models import load_model as load_checkpoint_or_preset
 from netvlad.weights.cache import (
     CachePaths,
     DownloadRecord,
+    cache_lock,
     default_cache_dir,
     read_record,
     sha256_file,
@@ -114,6 +116,8 @@ def get_weights(
         retries: how many times a cut connection is resumed within this call.
         redownload: discard the cached download and its recorded checksum, then fetch it again.
 
+    Another process fetching or converting the same entry holds its lock; this call waits for it.
+
     Returns:
         the converted checkpoint (``.safetensors``; ``netvlad.models.load_model`` reads it).
 
@@ -126,11 +130,12 @@ def get_weights(
     entry = find_weights(name, catalogue)
     paths = _paths(entry, cache_dir)
     version = converter_version(converter)
-    if redownload:
-        for p in (paths.download, paths.record, paths.partial, paths.rejected):
-            p.unlink(missing_ok=True)
-    sha = _verified_source(entry, paths, version, progress, timeout, retries)
-    return _converted(entry, paths, sha, converter, version)
+    with cache_lock(paths.lock):
+        if redownload:
+            for p in (paths.download, paths.record, paths.partial, paths.rejected):
+                p.unlink(missing_ok=True)
+        sha = _verified_source(entry, paths, version, progress, timeout, retries)
+        return _converted(entry, paths, sha, converter, version)
 
 
 def load_pretrained(
@@ -260,9 +265,10 @@ def _verified_source(
         res = download_file(entry.url, paths.download, expected_sha256=expected, timeout=timeout,
                             retries=retries, progress=progress)
     except DownloadError as exc:
+        where = "" if entry.manual_url == entry.url else f" from {entry.manual_url}"
         raise DownloadError(exc.url, exc.reason, exc.resumable, message=(
-            f"{entry.name}: cannot download {entry.url}: {exc.reason}; or fetch it by hand from "
-            f"{entry.manual_url} and put it at {paths.download}")) from None
+            f"{entry.name}: cannot download {entry.url}: {exc.reason}; or fetch it by hand{where} and put "
+            f"it at {paths.download}")) from None
     except ChecksumError as exc:
         source = "the catalogue's" if entry.sha256 else f"recorded at its {_how(record)}"
         raise ChecksumError(f"{entry.name}: {exc} (expected sha256: {source})") from None
