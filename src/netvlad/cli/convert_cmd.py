@@ -144,7 +144,7 @@ def run_export(args) -> int:
         export_torchscript,
     )
     from netvlad.layers import UninitializedError
-    from netvlad.models import load_model
+    from netvlad.weights import load_model
 
     if args.onnx is None and args.torchscript is None:
         raise CLIError("nothing to do: give --onnx OUT.onnx and/or --torchscript OUT.pt")

@@ -303,8 +303,8 @@ def run_plot(args) -> int:
 
 def run_benchmark(args) -> int:
     """`netvlad benchmark retrieval`."""
-    from netvlad.models import load_model
     from netvlad.retrieval import benchmark_retrieval
+    from netvlad.weights import load_model
 
     if args.max_side < 0:
         raise CLIError(f"--max-side must be >= 0 (0: native resolution), got {args.max_side}")

@@ -128,7 +128,7 @@ def _jobs(args) -> list[tuple[list[Path], list[str], Path]]:
 def run(args) -> int:
     from netvlad import io
     from netvlad.extract import ExtractConfig, extract_features
-    from netvlad.models import load_model
+    from netvlad.weights import load_model
 
     if args.max_side is not None and args.max_side < 0:
         raise CLIError(f"--max-side must be >= 0 (0: native resolution), got {args.max_side}")

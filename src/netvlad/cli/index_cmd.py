@@ -133,7 +133,7 @@ def run_build(args) -> int:
         "preprocessing": attrs.get("preprocessing"),
     }
     if args.model:
-        from netvlad.models import load_model
+        from netvlad.weights import load_model
 
         fp = load_model(args.model).fingerprint()
         if meta["fingerprint"] and fp != meta["fingerprint"]:
@@ -221,7 +221,7 @@ def search_images(
 def run_query(args) -> int:
     """`netvlad query`."""
     from netvlad.index import load_index
-    from netvlad.models import load_model
+    from netvlad.weights import load_model
 
     if args.k < 1:
         raise CLIError(f"--k must be ≥ 1, got {args.k}")

@@ -186,8 +186,8 @@ def _init_distributed(device: str) -> str:
 
 def run_train(args) -> int:
     from netvlad.data import load_dataset
-    from netvlad.models import load_model
     from netvlad.train import fit
+    from netvlad.weights import load_model
 
     run_dir: Path = args.out
     if args.resume:
@@ -274,7 +274,8 @@ def run_pca(args) -> int:
 
     from netvlad.data import load_dataset
     from netvlad.extract import compute_descriptors
-    from netvlad.models import load_model, save_model
+    from netvlad.models import save_model
+    from netvlad.weights import load_model
     from netvlad.whitening import PCAParams, apply_whitening, fit_pca, sample_indices
 
     model = load_model(args.model)
