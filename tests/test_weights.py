@@ -602,3 +602,15 @@ def test_cli_describe_and_extract_accept_a_catalogue_name(server, tiny_mat, tmp_
     expected = np.stack([compute_representation(reference, imgs / n) for n in names])
     np.testing.assert_allclose(desc, expected, atol=1e-5)
     assert len(server.requests) == 1  # describe downloaded it; extract used the cache
+
+
+def test_model_reference_keeps_a_published_name(tmp_path, monkeypatch):
+    # A feature file records how to rebuild its model; a catalogue name must stay a name (not
+    # cwd/NAME) so that `netvlad query INDEX` without --model can load it from anywhere.
+    from netvlad.cli.extract_cmd import model_reference
+
+    monkeypatch.chdir(tmp_path)
+    name = "vd16_pitts30k_conv5_3_vlad_preL2_intra_white"
+    assert model_reference(name) == name
+    (tmp_path / name).write_bytes(b"x")  # an existing file of that name wins, as in load_model
+    assert model_reference(name) == str(tmp_path / name)

@@ -90,11 +90,12 @@ def list_images(root: Path, list_file: Path | None = None) -> list[str]:
 
 def model_reference(model: str) -> str:
     """What to record so that a later command can rebuild ``model`` (a MODEL argument): a preset
-    name as is (resolved as ``load_model`` does: an existing file wins), a checkpoint as an
-    absolute path, so the reference still works from another working directory."""
+    or published-weights name as is (resolved as ``load_model`` does: an existing file wins), a
+    checkpoint as an absolute path, so the reference still works from another working directory."""
     from netvlad.models import PRESETS
+    from netvlad.weights import published
 
-    if model in PRESETS and not Path(model).exists():
+    if (model in PRESETS or published(model) is not None) and not Path(model).exists():
         return model
     return str(Path(model).resolve())
 
