@@ -1,17 +1,24 @@
-"""Exact blockwise top-k by inner product (= L2 ranking on L2-normalised descriptors).
+"""Exact blockwise top-k by inner product or squared L2 distance.
 
-Ties are broken by database index (smaller first), so results do not depend on the block size.
+The original ranks by squared L2 (``yael_nn``); inner product gives the same order only when the
+database rows are unit-norm (‖q − d‖² = ‖q‖² − 2·q·d + ‖d‖²). Evaluation therefore ranks with
+``metric="l2"``; :func:`check_unit_norm` guards the places that can only rank by inner product
+(FAISS IP indexes). Ties are broken by database index (smaller first), so results do not depend on
+the block size.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["l2_normalize", "topk"]
+__all__ = ["UNIT_NORM_TOLERANCE", "check_unit_norm", "l2_normalize", "topk"]
 
 # Memory budget (number of float32 scores) of one query-chunk × database-block score matrix: 32 M
 # scores = 128 MiB. Keeps the exact search bounded on a shared 24 GB machine whatever N is.
 _SCORE_BUDGET = 1 << 25
+#: Largest |‖x‖ − 1| accepted as unit-norm: float16 storage moves norms by ~1e-3, a descriptor that
+#: was never normalised is off by far more.
+UNIT_NORM_TOLERANCE = 1e-2
 
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -25,6 +32,32 @@ def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     """
     x = np.asarray(x, dtype=np.float32)
     return x / (np.linalg.norm(x, axis=1, keepdims=True) + np.float32(eps))
+
+
+def _sq_norms(x: np.ndarray, rows: int = 1024) -> np.ndarray:
+    """Squared row norms summed in float64 (N,) float32, a few rows at a time to bound memory."""
+    out = np.empty(x.shape[0], np.float32)
+    for r0 in range(0, x.shape[0], rows):
+        blk = np.asarray(x[r0 : r0 + rows], dtype=np.float64)
+        out[r0 : r0 + rows] = np.einsum("ij,ij->i", blk, blk)
+    return out
+
+
+def check_unit_norm(x: np.ndarray, what: str, tol: float = UNIT_NORM_TOLERANCE) -> None:
+    """ValueError unless every finite row of ``x`` (N×D) has an L2 norm within ``tol`` of 1.
+
+    Inner-product ranking equals the original's L2 ranking only on unit-norm rows; this names the
+    first offending row and its norm so the caller can normalise (:func:`l2_normalize`) knowingly.
+    """
+    norms = np.sqrt(_sq_norms(x))
+    bad = np.flatnonzero(np.isfinite(norms) & (np.abs(norms - 1.0) > tol))
+    if bad.size:
+        raise ValueError(
+            f"{what} descriptors are not L2-normalised: row {int(bad[0])} has norm {norms[bad[0]]:.4g}"
+            f"{f' ({bad.size} rows off by more than {tol:g})' if bad.size > 1 else ''}; an "
+            "inner-product index would rank them differently from the original's L2 search: "
+            "normalise them first (netvlad.index.l2_normalize)"
+        )
 
 
 def _check_finite(x: np.ndarray, what: str, offset: int = 0) -> None:
@@ -84,8 +117,8 @@ def topk(
     callers drop them first (``netvlad.metrics.evaluate`` and ``netvlad index build`` do).
 
     Args:
-        queries: Q×D array (L2-normalised for the "ip" ranking to equal L2 ranking).
-        database: N×D array.
+        queries: Q×D array.
+        database: N×D array (L2-normalised for the "ip" ranking to equal the L2 ranking).
         k: number of neighbours.
         block: database rows per block (default: a 128 MiB score budget).
         device: torch device for the matmul ("cpu", "cuda", ...); used by the torch backend.
@@ -176,7 +209,7 @@ def topk(
         # Per block (the block is in memory anyway): a NaN row would score NaN against every
         # query and land at an arbitrary rank, so refuse instead of returning garbage.
         _check_finite(dblk, "database", b0)
-        dnorm = (dblk.astype(np.float64) ** 2).sum(1).astype(np.float32) if metric == "l2" else None
+        dnorm = _sq_norms(dblk) if metric == "l2" else None
         dprep = prepare(dblk)  # moved to the device once per block
         for c, q0 in enumerate(range(0, nq, q_chunk)):
             # metric "l2" ranks by 2q·d − ‖d‖² (‖q‖² is constant per row); higher is better.
@@ -191,6 +224,6 @@ def topk(
         out_s[q0 : q0 + q_chunk] = run_s[c]
         out_i[q0 : q0 + q_chunk] = run_i[c]
     if metric == "l2":
-        qn = (q.astype(np.float64) ** 2).sum(1).astype(np.float32)
+        qn = _sq_norms(q)
         out_s = np.maximum(qn[:, None] - out_s, 0.0).astype(np.float32)
     return out_s, out_i
