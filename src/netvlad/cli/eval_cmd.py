@@ -307,14 +307,14 @@ def run_evaluate(args) -> int:
         raise CLIError(f"--crop-dim must be ≥ 1 (omit it to keep every dimension), got {args.crop_dim}")
     ds = load_dataset(args.dataset)
     db, db_attrs = align_features(args.db, list(ds.db_images), "database")
+    if args.crop_dim is not None and args.crop_dim > db.shape[1]:
+        raise CLIError(f"--crop-dim {args.crop_dim} exceeds the {db.shape[1]}-D descriptors of {args.db}")
     q, q_attrs = align_features(args.queries or args.db, list(ds.query_images), "query")
     if db.shape[1] != q.shape[1]:
         raise CLIError(f"{args.db} has {db.shape[1]}-D descriptors but {args.queries} has {q.shape[1]}-D")
     if args.queries is not None and args.queries.resolve() != args.db.resolve():
         check_same_model(args.db, db_attrs.get("fingerprint"), args.queries, q_attrs.get("fingerprint"),
                          args.allow_mixed_models)
-    if args.crop_dim is not None and args.crop_dim > db.shape[1]:
-        raise CLIError(f"--crop-dim {args.crop_dim} exceeds the {db.shape[1]}-D descriptors of {args.db}")
     res = evaluate_dataset(ds, db, q, ns=args.ns, crop_dim=args.crop_dim, sample=args.sample)
     label = args.label or f"{ds.name} ({args.db.name}{f', {args.crop_dim}-D' if args.crop_dim else ''})"
     print(f"{label}: {res['num_queries']} queries, {res['num_db']} database images, {res['dim']}-D")
