@@ -34,13 +34,15 @@ def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     return x / (np.linalg.norm(x, axis=1, keepdims=True) + np.float32(eps))
 
 
-def _sq_norms(x: np.ndarray, rows: int = 1024) -> np.ndarray:
-    """Squared row norms summed in float64 (N,) float32, a few rows at a time to bound memory."""
-    out = np.empty(x.shape[0], np.float32)
-    for r0 in range(0, x.shape[0], rows):
-        blk = np.asarray(x[r0 : r0 + rows], dtype=np.float64)
-        out[r0 : r0 + rows] = np.einsum("ij,ij->i", blk, blk)
-    return out
+def _sq_norms(x: np.ndarray) -> np.ndarray:
+    """Squared row norms (N,) float32.
+
+    Summed in float32, like the scores' GEMM and like yael_nn: as accurate as the inner products
+    they are combined with, at a quarter of the cost of a float64 sum (which doubled the time of a
+    few-query search at 20k×4096).
+    """
+    x = np.asarray(x, dtype=np.float32)
+    return np.einsum("ij,ij->i", x, x)
 
 
 def check_unit_norm(x: np.ndarray, what: str, tol: float = UNIT_NORM_TOLERANCE) -> None:
@@ -161,14 +163,17 @@ def topk(
 
         dev = torch.device(device)
 
-        def prepare(dblk: np.ndarray):
-            return torch.from_numpy(np.ascontiguousarray(dblk)).to(dev)
+        def prepare(dblk: np.ndarray, half: np.ndarray | None):
+            th = None if half is None else torch.from_numpy(half).to(dev)
+            return torch.from_numpy(np.ascontiguousarray(dblk)).to(dev), th
 
-        def block_topk(qc: np.ndarray, tb, dnorm, b0: int):
+        def block_topk(qc: np.ndarray, prepared, b0: int):
+            tb, th = prepared
             ta = torch.from_numpy(qc).to(dev)
-            sc = (tb @ ta.T).T if tall else ta @ tb.T
-            if dnorm is not None:
-                sc = 2.0 * sc - torch.from_numpy(dnorm).to(dev)[None, :]
+            if th is None:
+                sc = (tb @ ta.T).T if tall else ta @ tb.T
+            else:  # the bias −‖d‖²/2 added inside the GEMM: no extra pass over the scores
+                sc = torch.addmm(th[:, None], tb, ta.T).T if tall else torch.addmm(th[None, :], ta, tb.T)
             if k == 1:
                 v, i = sc.max(dim=1, keepdim=True)  # first maximal index: ties → smaller id
                 return v.cpu().numpy(), i.cpu().numpy().astype(np.int64) + b0
@@ -182,13 +187,20 @@ def topk(
             return _select_stable(v, i + b0, k)
     else:
 
-        def prepare(dblk: np.ndarray):
-            return dblk
+        def prepare(dblk: np.ndarray, half: np.ndarray | None):
+            return dblk, half
 
-        def block_topk(qc: np.ndarray, dblk: np.ndarray, dnorm, b0: int):
-            sc = np.ascontiguousarray((dblk @ qc.T).T) if tall else qc @ dblk.T
-            if dnorm is not None:
-                sc = 2.0 * sc - dnorm[None, :]
+        def block_topk(qc: np.ndarray, prepared, b0: int):
+            dblk, half = prepared
+            if tall:
+                sc = dblk @ qc.T
+                if half is not None:
+                    sc += half[:, None]
+                sc = np.ascontiguousarray(sc.T)
+            else:
+                sc = qc @ dblk.T
+                if half is not None:
+                    sc += half[None, :]
             if k == 1:
                 i = sc.argmax(axis=1)[:, None]  # first maximal index: ties → smaller id
                 return np.take_along_axis(sc, i, 1), i.astype(np.int64) + b0
@@ -209,11 +221,11 @@ def topk(
         # Per block (the block is in memory anyway): a NaN row would score NaN against every
         # query and land at an arbitrary rank, so refuse instead of returning garbage.
         _check_finite(dblk, "database", b0)
-        dnorm = _sq_norms(dblk) if metric == "l2" else None
-        dprep = prepare(dblk)  # moved to the device once per block
+        # metric "l2" ranks by q·d − ‖d‖²/2 (= (‖q‖² − ‖q − d‖²)/2: ‖q‖² is constant per query).
+        half = (np.float32(-0.5) * _sq_norms(dblk)) if metric == "l2" else None
+        dprep = prepare(dblk, half)  # moved to the device once per block
         for c, q0 in enumerate(range(0, nq, q_chunk)):
-            # metric "l2" ranks by 2q·d − ‖d‖² (‖q‖² is constant per row); higher is better.
-            bs, bi = block_topk(q[q0 : q0 + q_chunk], dprep, dnorm, b0)
+            bs, bi = block_topk(q[q0 : q0 + q_chunk], dprep, b0)
             if run_s[c] is None:
                 run_s[c], run_i[c] = bs, bi
             else:
@@ -225,5 +237,5 @@ def topk(
         out_i[q0 : q0 + q_chunk] = run_i[c]
     if metric == "l2":
         qn = _sq_norms(q)
-        out_s = np.maximum(qn[:, None] - out_s, 0.0).astype(np.float32)
+        out_s = np.maximum(qn[:, None] - 2.0 * out_s, 0.0).astype(np.float32)
     return out_s, out_i
