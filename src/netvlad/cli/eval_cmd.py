@@ -23,11 +23,12 @@ def register(sub) -> None:
         "evaluate",
         help="recall@N of feature files on a place-recognition dataset",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="recall@N exactly as the original testFromFn: exact L2 ranking of L2-normalised\n"
-        "descriptors, a hit when any database image within the positive radius (25 m) is in the top N,\n"
-        "every query in the denominator (no positive = failure), the dataset's rules applied (Tokyo 24/7\n"
-        "panorama de-duplication, TokyoTM same-timestamp exclusion) and a per-condition breakdown when\n"
-        "the dataset labels its queries (Tokyo 24/7 day/sunset/night).\n\n"
+        description="recall@N exactly as the original testFromFn: exact squared-L2 ranking (yael_nn; the\n"
+        "descriptors need not be L2-normalised), a hit when any database image within the positive\n"
+        "radius (25 m) is in the top N, every query in the denominator (no positive = failure), the\n"
+        "dataset's rules applied (Tokyo 24/7 panorama de-duplication, TokyoTM same-timestamp exclusion)\n"
+        "and a per-condition breakdown when the dataset labels its queries (Tokyo 24/7\n"
+        "day/sunset/night).\n\n"
         "Images that failed extraction (--skip-bad: NaN rows, bad_images attribute) are reported: such\n"
         "a query counts as a failure, such a database image is never retrieved. Database and query\n"
         "files must come from the same model (same fingerprint) unless --allow-mixed-models.",
