@@ -335,6 +335,7 @@ def _auto_dim(model, params, val_ds, cache: Path, args) -> tuple[int, dict[int, 
     key = f"pca_{model.fingerprint()[:12]}_val_{val_ds.name}_{val_ds.num_db}_{val_ds.num_queries}"
     vdb = _cached_descriptors(model, val_ds.db_paths(), cache / f"{key}_db.npy", args)
     vq = _cached_descriptors(model, val_ds.query_paths(), cache / f"{key}_q.npy", args)
+
     def recall_at_1(db, q) -> float:
         return evaluate_dataset(val_ds, db, q, ns=[1])["recall"][1]
 
