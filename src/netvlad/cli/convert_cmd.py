@@ -93,7 +93,9 @@ def register(sub) -> None:
         "database images, best first, one "
         "'query_name db_name' pair per line (hloc's pairs_from_retrieval format). FEATS are netvlad feature "
         "files or hloc global-descriptor files. As in hloc, a database image with the query's own name is "
-        "skipped.",
+        "skipped. Neighbours are ranked by squared L2 distance, as NetVLAD's original search (the same "
+        "order as hloc's inner product on L2-normalised descriptors). Database and query files must come "
+        "from the same model unless --allow-mixed-models.",
     )
     p.add_argument("--db", type=Path, required=True, metavar="FEATS")
     p.add_argument("--queries", type=Path, required=True, metavar="FEATS")
@@ -101,6 +103,9 @@ def register(sub) -> None:
         "--k", type=int, default=DEFAULT_NUM_PAIRS, help=f"pairs per query (default {DEFAULT_NUM_PAIRS})"
     )
     p.add_argument("--out", type=Path, required=True, metavar="pairs.txt")
+    from netvlad.cli.eval_cmd import add_mixed_models_flag
+
+    add_mixed_models_flag(p)
     p.set_defaults(func=run_pairs)
 
 
@@ -182,32 +187,38 @@ def run_export(args) -> int:
 # --------------------------------------------------------------------------- pairs
 
 
-def _read_global(path: Path) -> tuple[list[str], np.ndarray]:
-    """Names and N×D descriptors from a netvlad feature file or an hloc global-feature file."""
+def _read_global(path: Path) -> tuple[list[str], np.ndarray, str | None]:
+    """Names, N×D descriptors and model fingerprint (None for hloc files) of a netvlad feature file
+    or an hloc global-feature file."""
     from netvlad.io import FeatureFileError, read_features, read_hloc
 
     if not path.is_file():
         raise FileNotFoundError(f"{path}: feature file not found")
     try:
-        names, desc, _ = read_features(path)
+        names, desc, attrs = read_features(path)
+        fingerprint = attrs.get("fingerprint") or None
     except FeatureFileError as first:
         try:
             names, desc = read_hloc(path)
+            fingerprint = None
         except FeatureFileError:
             raise first from None
     keep = np.isfinite(desc).all(axis=1)  # rows of images that failed extraction are NaN
-    return [n for n, k in zip(names, keep) if k], np.ascontiguousarray(desc[keep], dtype=np.float32)
+    names = [n for n, k in zip(names, keep) if k]
+    return names, np.ascontiguousarray(desc[keep], dtype=np.float32), fingerprint
 
 
 def pairs_from_retrieval(
     query_names: list[str], query_desc: np.ndarray, db_names: list[str], db_desc: np.ndarray, k: int
 ) -> list[tuple[str, str]]:
-    """hloc's pairs: per query (in order) its ``k`` best database names by inner product, best first.
+    """hloc's pairs: per query (in order) its ``k`` nearest database names by squared L2, best first.
 
+    Squared L2 is NetVLAD's ranking (``yael_nn``); on L2-normalised database rows it is also hloc's
+    inner-product order, and unlike inner product it stays right on rows that are not normalised.
     A database entry with the query's own name is never paired with it (hloc masks these).
 
     Args:
-        query_names: Q names; query_desc: Q×D (L2-normalised).
+        query_names: Q names; query_desc: Q×D.
         db_names: N names; db_desc: N×D.
         k: pairs per query (fewer when the database is smaller).
     """
@@ -221,7 +232,7 @@ def pairs_from_retrieval(
         return []
     db_index = {n: i for i, n in enumerate(db_names)}
     overlap = any(n in db_index for n in query_names)
-    _, ids = topk(query_desc, db_desc, min(k + int(overlap), len(db_names)))
+    _, ids = topk(query_desc, db_desc, min(k + int(overlap), len(db_names)), metric="l2")
     pairs = []
     for qi, q in enumerate(query_names):
         row = [db_names[j] for j in ids[qi] if j >= 0 and db_names[j] != q]
@@ -232,10 +243,14 @@ def pairs_from_retrieval(
 def run_pairs(args) -> int:
     if args.k < 1:
         raise CLIError(f"--k must be >= 1, got {args.k}")
-    db_names, db_desc = _read_global(args.db)
-    q_names, q_desc = _read_global(args.queries)
+    from netvlad.cli.eval_cmd import check_same_model
+
+    db_names, db_desc, db_fp = _read_global(args.db)
+    q_names, q_desc, q_fp = _read_global(args.queries)
     if not db_names:
         raise CLIError(f"{args.db}: no database descriptors")
+    if args.queries.resolve() != args.db.resolve():
+        check_same_model(args.db, db_fp, args.queries, q_fp, args.allow_mixed_models)
     bad = [n for n in q_names + db_names if any(c.isspace() for c in n)]
     if bad:
         raise CLIError(f"image name {bad[0]!r} contains whitespace; hloc's pairs format cannot represent it")

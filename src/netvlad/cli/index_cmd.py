@@ -150,9 +150,12 @@ def run_build(args) -> int:
         "hnsw_m": args.hnsw_m,
         "ef_search": args.ef_search,
     }
-    index = build_index(
-        desc, args.type, names=names, utm=utm, meta=meta, **({} if args.type == "exact" else params)
-    )
+    try:
+        index = build_index(
+            desc, args.type, names=names, utm=utm, meta=meta, **({} if args.type == "exact" else params)
+        )
+    except ValueError as exc:
+        raise CLIError(f"{args.features}: {exc}") from exc
     index.save(args.out)
     print(
         f"{args.out}: {args.type} index of {index.ntotal} {index.dim}-D descriptors"
