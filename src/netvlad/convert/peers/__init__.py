@@ -88,9 +88,10 @@ def build_peer_model(label: str, peer: PeerModel):
     from netvlad.models import ModelConfig, PlaceModel
 
     backbone = build_trunk(peer.arch, peer.crop, peer.trunk, label)
-    k = int(peer.centroids.shape[0]) if peer.centroids is not None else 64
+    vlad = peer.centroids is not None
+    k = int(peer.centroids.shape[0]) if vlad else 64
     config = ModelConfig(peer.arch, peer.crop, peer.method, k, None, peer.preprocess, Path(label).name,
-                         vlad_order="torch")
+                         vlad_order="torch" if vlad else "matlab")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # the head's random init is overwritten
         model = PlaceModel(config, backbone)

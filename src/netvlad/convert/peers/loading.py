@@ -91,14 +91,22 @@ def load_torch_file(path: str | Path, label: str | None = None) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL (\S+)", str(exc))
-        what = found.group(1) if found else str(exc).strip().splitlines()[-1]
+        module, _, name = found.group(1).rpartition(".") if found else ("", "", "")
+        if not (module and name):  # a damaged pickle (a cut-off name such as "co."), not a forbidden one
+            detail = re.search(r"WeightsUnpickler error: ([^\n]+)", str(exc))
+            why = detail.group(1) if detail and not found else "its data is damaged or cut short"
+            raise ValueError(f"{label}: not a readable PyTorch checkpoint ({why})") from None
         raise ValueError(
-            f"{label}: refused: loading it would need {what}, which could run code; only tensors, "
-            "plain containers and numpy numbers are accepted (nothing in the file was executed)"
+            f"{label}: refused: loading it would need {found.group(1)}, which could run code; only "
+            "tensors, plain containers and numpy numbers are accepted (nothing in the file was executed)"
         ) from None
-    except (RuntimeError, EOFError, OSError, tarfile.TarError, zipfile.BadZipFile) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{label}: not a readable PyTorch checkpoint ({first})") from None
+    except Exception as exc:  # torch raises RuntimeError, EOFError, IndexError... for damaged files
+        raise ValueError(f"{label}: not a readable PyTorch checkpoint ({_first_line(exc)})") from None
+
+
+def _first_line(exc: Exception) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0].strip()}" if lines else type(exc).__name__
 
 
 # --------------------------------------------------------------------------- archives

@@ -161,7 +161,10 @@ def _benchmark(label: str, state: dict[str, Tensor], container: dict[str, Any]) 
     if "backbone.1.running_mean" in state:
         arch, crop, trunk = resnet_trunk(state, "backbone.", label)
     else:
-        arch, crop, trunk = vgg16_trunk(state, "backbone.", label)
+        try:
+            arch, crop, trunk = vgg16_trunk(state, "backbone.", label)
+        except ValueError as exc:
+            raise ValueError(f"{exc}; the benchmark's ViT and CCT backbones are not supported") from None
     whitening = None
     if "aggregation.0.centroids" in state or "aggregation.1.weight" in state:
         fields = _netvlad_params(state, "aggregation.0.", label)

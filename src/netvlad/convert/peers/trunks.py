@@ -105,8 +105,7 @@ def build_trunk(arch: str, crop: str, state: dict[str, Tensor], label: str):
     """
     from netvlad.backbones import build_backbone
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)  # the random init is overwritten; seeded so conversion is deterministic
+    with torch.device("meta"):  # every tensor comes from the file: no random init to pay for
         backbone = build_backbone(arch, crop=crop)
     expected = backbone.state_dict()
     state = dict(state)
@@ -124,6 +123,10 @@ def build_trunk(arch: str, crop: str, state: dict[str, Tensor], label: str):
     problems += [f"{k} is {tuple(state[k].shape)}, expected {tuple(expected[k].shape)}" for k in shapes[:3]]
     if problems:
         raise ValueError(f"{label}: the weights do not fit {arch} cropped at {crop}: {'; '.join(problems)}")
-    backbone.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
+    state = {k: v.to(expected[k].dtype).contiguous() for k, v in state.items()}
+    backbone.load_state_dict(state, strict=True, assign=True)
+    left = [n for n, t in [*backbone.named_parameters(), *backbone.named_buffers()] if t.is_meta]
+    if left:  # a tensor outside the state dict (none in our VGG/ResNet): better an error than garbage
+        raise ValueError(f"{label}: {arch} has tensors the file cannot fill: {', '.join(left[:4])}")
     backbone.weights_source = label
     return backbone
