@@ -460,5 +460,13 @@ def test_archives_without_a_single_checkpoint(tmp_path, capsys):
     err = _cli_error(capsys, tmp_path, archive)
     assert "several checkpoints in the archive and none named model_best.pth.tar or best_model.pth" in err
     assert "run/checkpoint1.pth.tar, run/checkpoint2.pth.tar" in err
+    old = tmp_path / "ancient.pth"  # torch.save's first format: a tar of sys_info, pickle, storages, tensors
+    with tarfile.open(old, "w") as t:
+        for name in ("sys_info", "pickle", "storages", "tensors"):
+            (tmp_path / name).write_bytes(b"\x80\x02N.")
+            t.add(tmp_path / name, name)
+    assert "PyTorch's oldest (tar) format, which cannot be loaded without running code" in _cli_error(
+        capsys, tmp_path, old
+    )
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['whiten'\]"):
         convert_file(archive, ConvertConfig(), whiten=True)

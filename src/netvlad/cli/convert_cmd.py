@@ -36,7 +36,8 @@ def register(sub) -> None:
     p.add_argument(
         "--method",
         default=cdef.method,
-        help="head for an ImageNet file (default vlad_preL2_intra); must agree with a released model's",
+        help="head for an ImageNet file (default vlad_preL2_intra), or max|avg for a pytorch-NetVlad model "
+        "without pooling weights (the file cannot tell); must agree with a released model's",
     )
     p.add_argument(
         "--crop", default=cdef.crop, help="crop layer for an ImageNet file (default conv5_3/conv5_4/conv5)"

@@ -33,7 +33,7 @@ __all__ = ["CheckpointFile", "checkpoint_file", "load_torch_file", "split_checkp
 #: the VG benchmark), in order of preference.
 BEST_NAMES = ("model_best.pth.tar", "best_model.pth")
 CHECKPOINT_SUFFIXES = (".pth", ".pth.tar", ".pt", ".ckpt")
-#: Members of torch.save's pre-0.4 tar format (a torch file, not an archive of files).
+#: Members of torch.save's first (tar) format: a torch file, not an archive of files.
 _TORCH_TAR_MEMBERS = {"sys_info", "pickle", "storages", "tensors"}
 _NUMERIC_DTYPES = (
     "BoolDType", "Int8DType", "Int16DType", "Int32DType", "Int64DType", "UInt8DType", "UInt16DType",
@@ -184,10 +184,12 @@ def checkpoint_file(path: str | Path) -> Iterator[CheckpointFile]:
         else:
             archive = tarfile.open(path)
             names = [m.name for m in archive.getmembers() if m.isfile()]
-            if _TORCH_TAR_MEMBERS <= set(names):  # torch.save's pre-0.4 format
+            if _TORCH_TAR_MEMBERS <= set(names):
                 archive.close()
-                yield CheckpointFile(path, str(path))
-                return
+                raise ValueError(
+                    f"{path}: a checkpoint in PyTorch's oldest (tar) format, which cannot be loaded without "
+                    "running code from it; re-save it with torch.save in a PyTorch you trust, then convert"
+                )
             read = archive.extractfile
     except (zipfile.BadZipFile, tarfile.TarError, OSError) as exc:
         raise ValueError(f"{path}: unreadable {kind} archive ({exc})") from None

@@ -136,7 +136,7 @@ def _encoder_project(label: str, state: dict[str, Tensor], container: dict[str, 
         pre, fmt = IMAGENET, "pytorch-NetVlad checkpoint"
         notes.append(
             "pytorch-NetVlad extracts at full image size (no resize); told apart from a Patch-NetVLAD "
-            "training checkpoint (same keys) by the absence of its 'not_improved' entry"
+            "training checkpoint (same keys) by having neither its 'not_improved' entry nor a WPCA layer"
         )
     return PeerModel(project, fmt, arch, crop, trunk, whitening=whitening, preprocess=pre, notes=notes,
                      **fields)
