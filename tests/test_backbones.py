@@ -80,7 +80,7 @@ def test_alexnet_expected_sizes_follow_caffenet_geometry():
 
 def test_strides():
     assert {n: build_backbone(n).stride for n in BACKBONES} == {
-        "vgg16": 16, "vgg19": 16, "alexnet": 16, "resnet18": 16, "resnet50": 16, "lite0": 32,
+        "vgg16": 16, "vgg19": 16, "alexnet": 16, "resnet18": 16, "resnet50": 16, "resnet101": 16, "lite0": 32,
     }  # fmt: skip
     # measured: adding `stride` input pixels adds exactly one output cell
     for name, size in [("alexnet", 99), ("resnet18", 64), ("lite0", 64), ("vgg16", 32)]:

@@ -2,16 +2,17 @@
 
 ``build_backbone(name, crop=None, weights=None)`` with ``name`` one of ``BACKBONES``:
 
-========  ==========================  ============  ========  ======  =====  =====================
-name      network                     default crop  channels  stride  RF px  preprocessing
-========  ==========================  ============  ========  ======  =====  =====================
-vgg16     VGG-16 (``vd16``)           conv5_3       512       16      196    matconvnet
-vgg19     VGG-19 (``vd19``)           conv5_4       512       16      252    matconvnet
-alexnet   CaffeNet ref. (``caffe``)   conv5         256       16      163    matconvnet
-resnet18  ResNet-18                   layer3        256       16      211    imagenet
-resnet50  ResNet-50                   layer3        1024      16      267    imagenet
-lite0     EfficientNet-Lite0          block15       320       32      851    imagenet-style 127/128
-========  ==========================  ============  ========  ======  =====  =====================
+=========  ==========================  ============  ========  ======  =====  =====================
+name       network                     default crop  channels  stride  RF px  preprocessing
+=========  ==========================  ============  ========  ======  =====  =====================
+vgg16      VGG-16 (``vd16``)           conv5_3       512       16      196    matconvnet
+vgg19      VGG-19 (``vd19``)           conv5_4       512       16      252    matconvnet
+alexnet    CaffeNet ref. (``caffe``)   conv5         256       16      163    matconvnet
+resnet18   ResNet-18                   layer3        256       16      211    imagenet
+resnet50   ResNet-50                   layer3        1024      16      267    imagenet
+resnet101  ResNet-101                  layer3        1024      16      811    imagenet
+lite0      EfficientNet-Lite0          block15       320       32      851    imagenet-style 127/128
+=========  ==========================  ============  ========  ======  =====  =====================
 
 The MATLAB netIDs ``vd16``, ``vd19`` and ``caffe`` are accepted as aliases.
 """
@@ -52,6 +53,7 @@ BACKBONES: dict[str, Callable[..., Backbone]] = {
     "alexnet": AlexNet,
     "resnet18": partial(ResNet, "resnet18"),
     "resnet50": partial(ResNet, "resnet50"),
+    "resnet101": partial(ResNet, "resnet101"),
     "lite0": EfficientNetLite0,
 }
 #: MATLAB netIDs (spec §1.2) -> our names. ``places`` (Places205 CaffeNet) is the CaffeNet network.

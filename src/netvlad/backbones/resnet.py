@@ -1,11 +1,12 @@
-"""ResNet-18 / ResNet-50 trunks with torchvision's module names (so torchvision files load).
+"""ResNet-18 / ResNet-50 / ResNet-101 trunks with torchvision's module names (so torchvision files load).
 
 He et al. 2016, in torchvision's "v1.5" form (the stride of a bottleneck sits on its 3×3 conv).
 Layers: conv1, bn1, relu, maxpool, layer1, layer2, layer3, layer4 (the classifier ``fc`` is never
-built). Default crop ``layer3`` (stride 16, 256 / 1024 channels): the resolution of VGG's conv5_3,
-and the crop that visual place recognition work settled on for ResNet + NetVLAD (Berton et al.,
-"Deep Visual Geo-localization Benchmark", CVPR 2022: cropping the last stage was both faster
-and at least as good); ``layer4`` is stride 32 with 512 / 2048 channels (K·D = 131072 for ResNet-50).
+built). Default crop ``layer3`` (stride 16; 256 channels for ResNet-18, 1024 for ResNet-50/101):
+the resolution of VGG's conv5_3, and the crop that visual place recognition work settled on for
+ResNet + NetVLAD (Berton et al., "Deep Visual Geo-localization Benchmark", CVPR 2022: cropping the
+last stage was both faster and at least as good); ``layer4`` is stride 32 with 512 / 2048 channels
+(K·D = 131072 for ResNet-50/101).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ RESNET_LAYERS = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3"
 _URLS = {
     "resnet18": "https://download.pytorch.org/models/resnet18-f37072fd.pth",
     "resnet50": "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+    "resnet101": "https://download.pytorch.org/models/resnet101-63fe2227.pth",
 }
 
 
@@ -74,11 +76,15 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
-_ARCHS = {"resnet18": (BasicBlock, (2, 2, 2, 2)), "resnet50": (Bottleneck, (3, 4, 6, 3))}
+_ARCHS = {
+    "resnet18": (BasicBlock, (2, 2, 2, 2)),
+    "resnet50": (Bottleneck, (3, 4, 6, 3)),
+    "resnet101": (Bottleneck, (3, 4, 23, 3)),
+}
 
 
 class ResNet(Backbone):
-    """ResNet-18/50 trunk cropped at one of ``RESNET_LAYERS`` (default ``layer3``).
+    """ResNet-18/50/101 trunk cropped at one of ``RESNET_LAYERS`` (default ``layer3``).
 
     BatchNorm: ``freeze_below(..., freeze_bn=True)`` keeps the frozen layers' BatchNorm in eval
     mode through ``train()``; with NetVLAD's small training batches (4 tuples) you usually also

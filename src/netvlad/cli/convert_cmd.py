@@ -36,7 +36,8 @@ def register(sub) -> None:
     p.add_argument(
         "--method",
         default=cdef.method,
-        help="head for an ImageNet file (default vlad_preL2_intra); must agree with a released model's",
+        help="head for an ImageNet file (default vlad_preL2_intra), or max|avg for a pytorch-NetVlad model "
+        "without pooling weights (the file cannot tell); must agree with a released model's",
     )
     p.add_argument(
         "--crop", default=cdef.crop, help="crop layer for an ImageNet file (default conv5_3/conv5_4/conv5)"
@@ -46,6 +47,13 @@ def register(sub) -> None:
         type=int,
         default=cdef.num_clusters,
         help=f"K for a new NetVLAD head on an ImageNet file (default {cdef.num_clusters})",
+    )
+    p.add_argument(
+        "--pca",
+        type=Path,
+        metavar="FILE",
+        help="OpenIBL training checkpoint: its PCA file (pca_params_<name>.h5; default: that file next to "
+        "the checkpoint, if there)",
     )
     p.set_defaults(func=run_convert)
 
@@ -120,7 +128,11 @@ def run_convert(args) -> int:
     if args.num_clusters < 2:
         raise CLIError(f"--num-clusters must be >= 2, got {args.num_clusters}")
     config = ConvertConfig(method=args.method, crop=args.crop, num_clusters=args.num_clusters)
-    model, info = convert_file(args.mat, config)
+    inputs = [args.mat] + ([args.pca] if args.pca is not None else [])
+    if any(args.out.resolve() == p.resolve() for p in inputs):
+        raise CLIError(f"--out {args.out} is an input file; choose another path")
+    options = {} if args.pca is None else {"pca": args.pca}
+    model, info = convert_file(args.mat, config, **options)
     save_model(model, args.out, extra={"converted_from": info.to_dict()})
     print(
         f"{args.mat}: {info.format}: {info.arch} cropped at {info.crop}, head {info.method}"

@@ -43,7 +43,10 @@ EPS = 1e-12
 
 #: Flat layouts of the K×D VLAD matrix: "matlab" puts element (k, d) at d·K + k (the original's
 #: column-major vec, which released whitening matrices expect); "torch" at k·D + d (cluster-major,
-#: ``vlad.view(B, -1)`` in pytorch-NetVlad, Patch-NetVLAD, OpenIBL and the VG benchmark).
+#: ``vlad.view(B, -1)`` in pytorch-NetVlad, Patch-NetVLAD, OpenIBL and the VG benchmark). "torch"
+#: also takes those projects' preL2/intra normalisation, F.normalize's x / max(‖x‖, eps): a cluster
+#: no descriptor goes to has a residual norm near 1e-6, where MATLAB's sqrt(‖x‖² + eps) visibly
+#: shrinks its block (by 7% at norm 2.4e-6) and F.normalize does not.
 VLAD_ORDERS = ("matlab", "torch")
 
 POOLS = ("max", "avg", "vlad", "vladv2")
@@ -92,6 +95,15 @@ def l2n_eps_inside(x: Tensor, dim: int = 1) -> Tensor:
     if x.requires_grad and torch.is_grad_enabled():
         return _L2NormInside.apply(x, dim)
     return x * _rsqrt_sumsq(x, dim)
+
+
+def _l2n_clamped(x: Tensor, dim: int) -> Tensor:
+    """x / max(‖x‖, 1e-12) (F.normalize, the PyTorch projects' normalisation).
+
+    Same arithmetic as :func:`l2n_eps_inside` but the epsilon clamps instead of adding, so for
+    any norm above 1e-6 both give bit-identical results.
+    """
+    return x * torch.rsqrt(torch.linalg.vector_norm(x, dim=dim, keepdim=True).square().clamp_min(EPS * EPS))
 
 
 def whole_l2n(x: Tensor) -> Tensor:
@@ -200,8 +212,8 @@ class NetVLAD(nn.Module):
         pre_l2: L2-normalise each input descriptor first (the ``preL2`` token). The contract's
             ``NetVLAD`` takes already-normalised input; heads built by :func:`build_head` set this.
         order: flat layout of the output, one of ``VLAD_ORDERS`` ("matlab": d·K + k, the default;
-            "torch": k·D + d, kept by models converted from PyTorch projects so their stored
-            descriptors stay valid).
+            "torch": k·D + d with F.normalize's epsilon, kept by models converted from PyTorch
+            projects so their stored descriptors stay valid).
 
     Attributes:
         centroids: K×D Parameter c_k (the original stores the offset −c_k).
@@ -259,15 +271,16 @@ class NetVLAD(nn.Module):
             b, d = x.shape[:2]
             # B×N×D: a free view of a channels_last map (its memory is already B×H×W×D).
             xt = x.to(dt).flatten(2).transpose(1, 2)
+            norm = l2n_eps_inside if self.order == "matlab" else _l2n_clamped
             if self.pre_l2:
-                xt = l2n_eps_inside(xt, dim=2)
+                xt = norm(xt, dim=2)
             w = self.assignment.weight.to(dt).view(self.num_clusters, d)
             bias = None if self.assignment.bias is None else self.assignment.bias.to(dt)
             a = F.softmax(F.linear(xt, w, bias), dim=2)  # B×N×K soft-assignment
             c = self.centroids.to(dt)
             vlad = torch.bmm(a.transpose(1, 2), xt) - a.sum(1).unsqueeze(2) * c  # B×K×D
             if self.intra_norm:
-                vlad = l2n_eps_inside(vlad, dim=2)
+                vlad = norm(vlad, dim=2)
             if self.order == "torch":
                 return whole_l2n(vlad.reshape(b, self.num_clusters * d))
             # MATLAB's [K, D] column-major vec: element (k, d) at d·K + k.
