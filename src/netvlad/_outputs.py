@@ -148,7 +148,8 @@ def check_output_file(out: str | os.PathLike, *, inputs: Inputs = (),
         return out
     if is_ours is not None and _recognised(is_ours, out):
         return out
-    raise OutputError(f"{out}: exists and is not a {kind}; refusing to replace it "
+    what = f"exists and is not a {kind}" if is_ours is not None else "exists"
+    raise OutputError(f"{out}: {what}; refusing to replace it "
                       "(choose another path, or pass --overwrite to replace it)")
 
 
