@@ -12,14 +12,17 @@ A leaf utility (standard library only): every part of the package may import it.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import secrets
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from netvlad._outputs import disk_full_error, free_bytes, is_disk_full
 
-__all__ = ["atomic_write", "atomic_write_text", "make_temp_dir", "stale_temp_dirs"]
+__all__ = ["atomic_write", "atomic_write_text", "exchange", "make_temp_dir", "stale_temp_dirs"]
 
 # Writers that fail on a full disk without saying so (torch.save: "unexpected pos 576 vs 534") are
 # recognised by the space left when they fail.
@@ -117,6 +120,29 @@ def make_temp_dir(path: str | os.PathLike) -> Path:
         except FileExistsError:
             continue
         return tmp
+
+
+def exchange(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Why: a folder cannot be renamed over a non-empty folder, and moving the old one aside first
+    leaves a moment with neither; the exchange has none. Returns False where the system or the
+    filesystem cannot do it (the caller then moves the old one aside).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
 def stale_temp_dirs(path: str | os.PathLike) -> list[Path]:

@@ -334,8 +334,11 @@ class OutputLock:
             if same:
                 break
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError:  # e.g. a full disk: the PID is for messages only, the lock holds without it
+            pass
         self._fd = fd
         return self
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from netvlad._atomic import make_temp_dir, stale_temp_dirs
+from netvlad._atomic import exchange, make_temp_dir, stale_temp_dirs
 from netvlad._outputs import check_output_dir, disk_full_error, folder_holds_only, is_disk_full
 from netvlad.index.exact import _check_finite, topk
 
@@ -199,12 +199,16 @@ def _replace(path: Path, tmp: Path) -> None:
     """Rename the finished folder ``tmp`` to ``path``, replacing what is there (a folder or file)."""
     old = None
     if os.path.lexists(path):
-        # The old index goes aside under a name of the temp-folder pattern, so that if this
-        # process dies before removing it, the next save does.
-        old = make_temp_dir(path)
-        os.rmdir(old)
-        os.replace(path, old)
-    os.replace(tmp, path)
+        if exchange(tmp, path):  # atomic: readers see the old index or the new one, never none
+            old = tmp
+        else:
+            # The old index goes aside under a name of the temp-folder pattern, so that if this
+            # process dies before removing it, the next save does.
+            old = make_temp_dir(path)
+            os.rmdir(old)
+            os.replace(path, old)
+    if old is not tmp:
+        os.replace(tmp, path)
     if old is not None:
         if old.is_dir() and not old.is_symlink():
             shutil.rmtree(old, ignore_errors=True)
