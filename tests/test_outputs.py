@@ -211,6 +211,12 @@ def test_recognisers(tmp_path):
     assert is_netvlad_checkpoint(tmp_path / "ours.safetensors")
     assert not is_netvlad_checkpoint(tmp_path / "other.pt")
     assert not is_netvlad_checkpoint(tmp_path / "other.safetensors")
+    from netvlad._outputs import is_onnx_model, is_torchscript
+
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), tmp_path / "m.ts")
+    torch.onnx.export(torch.nn.Linear(2, 2), (torch.zeros(1, 2),), tmp_path / "m.onnx", dynamo=False)
+    assert is_torchscript(tmp_path / "m.ts") and is_onnx_model(tmp_path / "m.onnx")
+    assert not is_torchscript(tmp_path / "ours.pt") and not is_onnx_model(tmp_path / "m.ts")
     from netvlad.cli.eval_cmd import PLOT_TAG, is_plot, plot_curves
 
     plot_curves([("a", [1, 2], [0.5, 0.7])], tmp_path / "p.png")
