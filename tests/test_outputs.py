@@ -699,3 +699,18 @@ def test_index_build_killed_at_random_points_then_rerun_equals_an_undisturbed_ru
         assert main(["index", "build", str(tmp_path / "f.h5"), "--out", str(out)]) == 0
         _same_index(out, ref)
         assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_files_named_like_our_temporaries_are_not_ours_to_destroy(tmp_path):
+    """A user's own OUT.lock or OUT.partial.h5 is refused, not truncated or deleted."""
+    out = tmp_path / "f.h5"
+    lock_path(out).write_text("my notes about f.h5\n")
+    with pytest.raises(OutputError, match=r"f\.h5\.lock: exists and is not a netvlad lock file"):
+        io.FeatureWriter(out, ["a"], 4).open()
+    assert lock_path(out).read_text() == "my notes about f.h5\n"
+    lock_path(out).unlink()
+    io.partial_path(out).write_text("my partial thoughts")
+    with pytest.raises(io.FeatureFileError, match=r"f\.partial\.h5: is in the way and is not a netvlad"):
+        io.FeatureWriter(out, ["a"], 4).open()
+    assert io.partial_path(out).read_text() == "my partial thoughts"
+    assert not lock_path(out).exists()

@@ -334,6 +334,11 @@ class OutputLock:
             if same:
                 break
             os.close(fd)
+        held = os.pread(fd, 64, 0).strip()
+        if held and not held.isdigit():  # somebody's own file of that name: not ours to truncate
+            os.close(fd)
+            raise OutputError(f"{self.path}: exists and is not a netvlad lock file (it would hold a PID); "
+                              "move it away")
         try:
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())

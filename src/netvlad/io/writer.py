@@ -94,7 +94,12 @@ def output_status(out: str | Path, identity: FeatureIdentity, num_images: int,
             done = _rows_on_disk(part)
         except (FeatureFileError, OSError) as exc:
             # A partial file is our own temp file; one that cannot be opened (killed mid-write)
-            # holds nothing trustworthy, so start over rather than fail.
+            # holds nothing trustworthy, so start over rather than fail. A file that is not even
+            # HDF5 is somebody else's: never ours to delete.
+            with open(part, "rb") as f:
+                if f.read(4) not in (b"", b"\x89HDF"):
+                    raise FeatureFileError(f"{part}: is in the way and is not a netvlad partial feature "
+                                           "file; move it away or pass overwrite=True / --overwrite") from exc
             logger.warning("%s; discarding it and starting over", exc)
             return OutputStatus("new", 0, f"{part}: unreadable partial file discarded")
         diff = identity.differences(FeatureIdentity.of_attrs(attrs))
