@@ -13,10 +13,11 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "netvlad"
 
 # Top-level part -> netvlad parts it may import (design.md "The parts").
 # ``_atomic`` (atomic file writes, stdlib only) is a leaf utility every part may import.
-LEAF_UTILS = {"_atomic", "_sniff"}
+LEAF_UTILS = {"_atomic", "_sniff", "_outputs"}
 ALLOWED = {
     "_atomic": set(),
     "_sniff": set(),
+    "_outputs": set(),
     "layers": set(),
     "backbones": set(),
     "geo": set(),

@@ -339,6 +339,8 @@ def extract_features(model, paths: Sequence[str | Path], names: Sequence[str], o
     paths = [Path(p) for p in paths]
     names = [str(n) for n in names]
     out = Path(out)
+    if cfg.batch_size < 1:  # checked before the partial file exists (README: When things go wrong)
+        raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
     if not paths:
         raise ValueError(f"{out}: empty image list, nothing to extract")
     if len(paths) != len(names):

@@ -71,9 +71,27 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code
     except (FileNotFoundError, ValueError, KeyError, OSError) as exc:
         # Library code raises these with messages that name the file and the problem.
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else _disk_full_text(exc) or exc
         print(f"netvlad {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        # h5py, torch and faiss report a full disk as RuntimeError; anything else is a bug to show.
+        if not _disk_full_text(exc):
+            raise
+        print(f"netvlad {args.command}: error: {_disk_full_text(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"netvlad {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _disk_full_text(exc: BaseException) -> str | None:
+    """One line for a full disk that no library code turned into a DiskFullError, else None."""
+    from netvlad._outputs import DiskFullError, is_disk_full
+
+    if isinstance(exc, DiskFullError) or not is_disk_full(exc):
+        return None
+    where = getattr(exc, "filename", None)
+    prefix = f"{where}: " if where else ""
+    return f"{prefix}disk full (no space left on device); free some space and rerun"
+

@@ -8,6 +8,13 @@ from pathlib import Path
 import numpy as np
 
 from netvlad._atomic import atomic_write_text
+from netvlad._outputs import (
+    check_distinct,
+    check_output_file,
+    is_netvlad_checkpoint,
+    is_onnx_model,
+    is_torchscript,
+)
 from netvlad.cli import CLIError
 
 #: hloc's default number of retrieved database images per query (pairs_from_retrieval ``num_matched``).
@@ -55,6 +62,8 @@ def register(sub) -> None:
         help="OpenIBL training checkpoint: its PCA file (pca_params_<name>.h5; default: that file next to "
         "the checkpoint, if there)",
     )
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a MODEL file that is not a netvlad checkpoint")
     p.set_defaults(func=run_convert)
 
     p = sub.add_parser(
@@ -92,6 +101,8 @@ def register(sub) -> None:
         help=f"max allowed abs difference (default {edef.tolerance:g})",
     )
     p.add_argument("--no-check", action="store_true", help="skip the parity check")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace output files that are not ONNX / TorchScript files (never MODEL)")
     p.set_defaults(func=run_export)
 
     p = sub.add_parser(
@@ -114,6 +125,7 @@ def register(sub) -> None:
     from netvlad.cli.eval_cmd import add_mixed_models_flag
 
     add_mixed_models_flag(p)
+    p.add_argument("--overwrite", action="store_true", help="replace an --out file that is not a pairs file")
     p.set_defaults(func=run_pairs)
 
 
@@ -127,6 +139,8 @@ def run_convert(args) -> int:
 
     if args.num_clusters < 2:
         raise CLIError(f"--num-clusters must be >= 2, got {args.num_clusters}")
+    check_output_file(args.out, inputs=[("FILE", args.mat)], is_ours=is_netvlad_checkpoint,
+                      kind="netvlad checkpoint", overwrite=args.overwrite)
     config = ConvertConfig(method=args.method, crop=args.crop, num_clusters=args.num_clusters)
     inputs = [args.mat] + ([args.pca] if args.pca is not None else [])
     if any(args.out.resolve() == p.resolve() for p in inputs):
@@ -168,6 +182,12 @@ def run_export(args) -> int:
     sizes = tuple(tuple(s) for s in args.check_size) if args.check_size else ExportConfig().check_sizes
     if any(min(s) < 1 for s in sizes):
         raise CLIError(f"--check-size values must be positive, got {sizes}")
+    check_distinct([("--onnx", args.onnx), ("--torchscript", args.torchscript)])
+    for out, is_ours, kind in ((args.onnx, is_onnx_model, "ONNX model"),
+                               (args.torchscript, is_torchscript, "TorchScript file")):
+        if out is not None:
+            check_output_file(out, inputs=[("MODEL", args.model)], is_ours=is_ours, kind=kind,
+                              overwrite=args.overwrite)
     config = ExportConfig(
         opset=args.opset, exporter=args.exporter, check_sizes=sizes, tolerance=args.tolerance
     )
@@ -252,11 +272,23 @@ def pairs_from_retrieval(
     return pairs
 
 
+def is_pairs_file(path: Path) -> bool:
+    """A text file of 'query_name db_name' lines (its first 64 KiB)."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    lines = head.decode("utf-8", errors="strict" if len(head) < 1 << 16 else "ignore").splitlines()
+    if len(head) == 1 << 16:
+        lines = lines[:-1]  # cut at the read's end
+    return bool(lines) and all(len(line.split()) == 2 for line in lines)
+
+
 def run_pairs(args) -> int:
     if args.k < 1:
         raise CLIError(f"--k must be >= 1, got {args.k}")
     from netvlad.cli.eval_cmd import check_same_model
 
+    check_output_file(args.out, inputs=[("--db", args.db), ("--queries", args.queries)],
+                      is_ours=is_pairs_file, kind="pairs file", overwrite=args.overwrite)
     db_names, db_desc, db_fp = _read_global(args.db)
     q_names, q_desc, q_fp = _read_global(args.queries)
     if not db_names:

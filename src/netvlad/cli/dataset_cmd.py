@@ -33,6 +33,9 @@ def register(sub) -> None:
     pc.add_argument("out", metavar="OUT")
     pc.add_argument("--to", choices=["csv", "mat"], help="output format (default: from OUT's extension)")
     pc.add_argument("--images", metavar="ROOT", help="image root of SPEC")
+    pc.add_argument("--overwrite", action="store_true",
+                    help="replace an existing OUT (never SPEC); without it an existing OUT is refused, since "
+                    "a dataset file we wrote cannot be told from the user's own")
     pc.set_defaults(func=run_convert)
 
     pk = dsub.add_parser(
@@ -114,6 +117,10 @@ def run_convert(args) -> int:
     to = args.to or {".csv": "csv", ".mat": "mat"}.get(out.suffix.lower())
     if to is None:
         raise CLIError(f"cannot tell the output format from {out.name!r}: pass --to csv|mat")
+    from netvlad._outputs import check_output_file
+
+    check_output_file(out, inputs=[("SPEC", args.spec), ("--images", args.images)],
+                      kind="dataset file", overwrite=args.overwrite)
     ds = _load(args)
     (save_csv if to == "csv" else save_mat)(ds, out)
     print(f"wrote {out} ({to}: {ds.num_db} database, {ds.num_queries} queries)")

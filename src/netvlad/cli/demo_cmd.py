@@ -75,8 +75,16 @@ def register(sub) -> None:
     q.set_defaults(func=run_synth_cmd)
 
 
+#: What `netvlad demo` writes into its --out folder (netvlad.demo), hidden temporaries aside.
+DEMO_ENTRIES = ("campus", "town-*", "run", "recall_curves.png", "summary.json")
+
+
 def run_demo_cmd(args) -> int:
+    from netvlad._outputs import check_output_dir, folder_holds_only
     from netvlad.demo import DemoConfig, DemoDependencyError, run_demo
+
+    # The demo replaces its own run/ and files: only into a new, empty or earlier demo folder.
+    check_output_dir(args.out, is_ours=lambda p: folder_holds_only(p, DEMO_ENTRIES), kind="demo folder")
 
     over = {"out": args.out, "device": args.device, "progress": not args.no_progress}
     if args.town_size is not None:

@@ -66,6 +66,8 @@ def register(sub) -> None:
     p.add_argument("--report", type=Path, metavar="R.json", help="write summary + per-query ranks and hits")
     p.add_argument("--plot", type=Path, metavar="R.png", help="write the recall@N curve")
     p.add_argument("--label", help="curve/report label (default: the dataset name and db file name)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --report/--plot files that are not netvlad reports/plots (never an input)")
     p.set_defaults(func=run_evaluate)
 
     p = sub.add_parser(
@@ -78,6 +80,7 @@ def register(sub) -> None:
     p.add_argument("reports", nargs="+", type=Path, metavar="REPORT.json")
     p.add_argument("--out", type=Path, required=True, metavar="P.png")
     p.add_argument("--title", default="recall@N")
+    p.add_argument("--overwrite", action="store_true", help="replace a P.png that is not a netvlad plot")
     p.set_defaults(func=run_plot)
 
     p = sub.add_parser("benchmark", help="image-retrieval benchmarks (mAP)")
@@ -124,11 +127,42 @@ def register(sub) -> None:
         "whatever the model's preprocessing says)",
     )
     r.add_argument("--report", type=Path, metavar="R.json")
+    r.add_argument("--overwrite", action="store_true", help="replace an R.json that is not a netvlad report")
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(func=run_benchmark)
 
 
 # ---------------------------------------------------------------------------------------------
+
+#: tEXt entry of every plot `plot_curves` writes: what lets a later run recognise and replace it.
+PLOT_TAG = ("netvlad", "recall@N curves")
+
+
+def is_report(path: Path) -> bool:
+    """An ``evaluate --report`` or ``benchmark retrieval --report`` file (by its keys)."""
+    from netvlad._outputs import json_object_with
+
+    return json_object_with(path, ("recall", "ns", "num_queries")) or json_object_with(
+        path, ("benchmark", "results"))
+
+
+def is_plot(path: Path) -> bool:
+    """A PNG written by :func:`plot_curves`."""
+    from netvlad._outputs import png_text
+
+    return png_text(path).get(PLOT_TAG[0]) == PLOT_TAG[1]
+
+
+def check_outputs(inputs, overwrite: bool, report: Path | None = None, plot: Path | None = None) -> None:
+    """--report / --plot may be no input, not each other, and replace only our own files."""
+    from netvlad._outputs import check_distinct, check_output_file
+
+    check_distinct([("--report", report), ("--plot", plot)])
+    if report is not None:
+        check_output_file(report, inputs=inputs, is_ours=is_report, kind="netvlad report",
+                          overwrite=overwrite)
+    if plot is not None:
+        check_output_file(plot, inputs=inputs, is_ours=is_plot, kind="netvlad plot", overwrite=overwrite)
 
 
 def align_features(path: Path, wanted: list[str], role: str) -> tuple[np.ndarray, dict]:
@@ -289,7 +323,8 @@ def plot_curves(curves: list[tuple[str, list[int], list[float]]], out: Path, tit
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     try:
-        atomic_write(out, lambda tmp: fig.savefig(tmp, format="png"), suffix=".tmp.png")
+        atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", metadata=dict([PLOT_TAG])),
+                     suffix=".tmp.png")
     finally:
         plt.close(fig)
     return out
@@ -306,6 +341,8 @@ def run_evaluate(args) -> int:
         raise CLIError(f"--sample must be ≥ 1, got {args.sample}")
     if args.crop_dim is not None and args.crop_dim < 1:
         raise CLIError(f"--crop-dim must be ≥ 1 (omit it to keep every dimension), got {args.crop_dim}")
+    inputs = [("--dataset", args.dataset), ("--db", args.db), ("--queries", args.queries)]
+    check_outputs(inputs, args.overwrite, args.report, args.plot)
     ds = load_dataset(args.dataset)
     db, db_attrs = align_features(args.db, list(ds.db_images), "database")
     if args.crop_dim is not None and args.crop_dim > db.shape[1]:
@@ -334,6 +371,7 @@ def run_evaluate(args) -> int:
 
 def run_plot(args) -> int:
     """`netvlad plot`."""
+    check_outputs([("REPORT.json", r) for r in args.reports], args.overwrite, plot=args.out)
     curves = []
     for path in args.reports:
         try:
@@ -357,6 +395,7 @@ def run_benchmark(args) -> int:
 
     if args.max_side < 0:
         raise CLIError(f"--max-side must be >= 0 (0: native resolution), got {args.max_side}")
+    check_outputs([("MODEL", args.model), ("--root", args.root)], args.overwrite, args.report)
     model = load_model(args.model, device=args.device)
     dims = args.dims or [None, 256]
     res = benchmark_retrieval(

@@ -126,6 +126,28 @@ def _jobs(args) -> list[tuple[list[Path], list[str], Path]]:
     return jobs
 
 
+def _check_output(args, out: Path, paths: list[Path]) -> None:
+    """OUT may be no input (model, list, dataset, image) and no folder (README: When things go wrong)."""
+    from netvlad._outputs import check_not_input
+
+    inputs = [("MODEL", args.model), ("--list", args.list), ("--dataset", args.dataset)]
+    check_not_input(out, [*inputs, *(("image", p) for p in paths)])
+    if out.is_dir():
+        raise CLIError(f"{out}: is a folder; give the path of the feature file to write")
+
+
+def _check_space_for_hloc(h5: Path, out: Path, num_images: int) -> None:
+    # HDF5 crashes the process on a full disk while writing hloc's many small datasets, so make
+    # sure they fit first: the descriptors once more, plus about 2 KiB of metadata per image.
+    from netvlad._outputs import disk_full_error, free_bytes
+
+    need = h5.stat().st_size + 2048 * num_images
+    free = free_bytes(out)
+    if free is not None and free < need:
+        raise disk_full_error(out, need, how="the descriptors + 2 KiB per image",
+                              then=f"free some space and rerun (the descriptors stay in {h5})")
+
+
 def run(args) -> int:
     from netvlad import io
     from netvlad.extract import ExtractConfig, extract_features
@@ -133,12 +155,15 @@ def run(args) -> int:
 
     if args.max_side is not None and args.max_side < 0:
         raise CLIError(f"--max-side must be >= 0 (0: native resolution), got {args.max_side}")
+    if args.batch_size < 1:
+        raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
     cfg = ExtractConfig(batch_size=args.batch_size, num_workers=args.workers, device=args.device,
                         half=args.half, amp=args.amp, bf16=args.bf16, skip_bad=args.skip_bad,
                         overwrite=args.overwrite, max_side=args.max_side, progress=not args.no_progress,
                         model_ref=model_reference(args.model))
     jobs = _jobs(args)
-    for _, _, out in jobs:
+    for paths, _, out in jobs:
+        _check_output(args, out, paths)
         if args.format != "h5" and out.exists() and not args.overwrite:
             raise CLIError(f"{out}: exists, and {args.format} files carry no model information to check "
                            "it against; pass --overwrite to replace it")
@@ -158,6 +183,7 @@ def run(args) -> int:
             _, desc, _ = io.read_features(h5)
             io.write_bin(out, desc)
         elif args.format == "hloc":
+            _check_space_for_hloc(h5, out, int(attrs["num_images"]))
             io.export_hloc(h5, out, as_half=args.half)
         if h5 != out:
             os.remove(h5)

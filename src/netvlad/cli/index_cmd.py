@@ -35,7 +35,10 @@ def register(sub) -> None:
         "  netvlad index build f_db.h5 --out big.idx --type ivfpq --pq-m 32 --nprobe 64",
     )
     b.add_argument("features", metavar="FEATS", type=Path, help="database feature file")
-    b.add_argument("--out", metavar="INDEX", type=Path, required=True, help="output index directory")
+    b.add_argument("--out", metavar="INDEX", type=Path, required=True,
+                   help="output index directory (an existing one is replaced only if it is a netvlad index)")
+    b.add_argument("--overwrite", action="store_true",
+                   help="replace a file at INDEX (a folder holding anything but an index is never replaced)")
     b.add_argument("--type", choices=INDEX_KINDS, default=d.kind, help=f"index type (default: {d.kind})")
     b.add_argument("--dataset", metavar="SPEC", help="attach the database coordinates of this dataset")
     b.add_argument(
@@ -99,6 +102,18 @@ def _attach_coordinates(names: list[str], spec: str) -> tuple[np.ndarray, str | 
 
 def run_build(args) -> int:
     """`netvlad index build`."""
+    from netvlad._outputs import OutputLock, check_output_dir
+    from netvlad.index.faiss_index import is_index_dir
+
+    # Checked before any work, then again under the lock by SearchIndex.save.
+    inputs = [("FEATS", args.features), ("--dataset", args.dataset), ("--model", args.model)]
+    check_output_dir(args.out, inputs=inputs, is_ours=is_index_dir, kind="netvlad index folder",
+                     overwrite=args.overwrite, replaces_file=True)
+    with OutputLock(args.out, "building"):
+        return _build(args)
+
+
+def _build(args) -> int:
     from netvlad.index import build_index
     from netvlad.io import read_features
 
@@ -156,7 +171,7 @@ def run_build(args) -> int:
         )
     except ValueError as exc:
         raise CLIError(f"{args.features}: {exc}") from exc
-    index.save(args.out)
+    index.save(args.out, overwrite=args.overwrite)
     print(
         f"{args.out}: {args.type} index of {index.ntotal} {index.dim}-D descriptors"
         f"{' with coordinates' if utm is not None else ''}"

@@ -50,6 +50,7 @@ def register(sub) -> None:
                    help="backbone weights for a preset: imagenet, random or a state-dict FILE")
     p.add_argument("--device", default="cpu", help="torch device (cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true", help="replace a CKPT that is not a netvlad checkpoint")
     p.set_defaults(func=run_init)
 
 
@@ -184,6 +185,12 @@ def run_init(args) -> int:
         raise CLIError("give --images DIR or --dataset SPEC")
     if args.per_image < 1 or args.max_images < 1:
         raise CLIError("--per-image and --max-images must be >= 1")
+    from netvlad._outputs import check_output_file, is_netvlad_checkpoint
+
+    inputs = [("MODEL", args.model), ("--weights", args.weights), ("--images", args.images),
+              ("--dataset", args.dataset)]
+    check_output_file(args.out, inputs=inputs, is_ours=is_netvlad_checkpoint, kind="netvlad checkpoint",
+                      overwrite=args.overwrite)
     m, _ = _load(args.model, args.weights)
     if not m.method.is_vlad:
         raise CLIError(f"{args.model}: method {m.method} has no clusters to initialise")

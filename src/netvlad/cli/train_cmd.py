@@ -121,6 +121,9 @@ def register(sub) -> None:
         type=Path,
         help="also save the best model alone (no optimizer or training state)",
     )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace a MODEL_OUT that is not a netvlad checkpoint"
+    )
     p.set_defaults(func=run_pick_best)
 
     from netvlad.whitening import DEFAULT_MAX_SAMPLES
@@ -157,6 +160,9 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=10)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace a MODEL_OUT that is not a netvlad checkpoint"
+    )
     p.set_defaults(func=run_pca)
 
 
@@ -219,7 +225,48 @@ def _require_weights(model_spec: str, weights: str | None) -> None:
         )
 
 
+#: What `netvlad train` writes into a run directory (netvlad.train.loop), hidden temporaries aside.
+RUN_DIR_ENTRIES = (
+    "config.json", "metrics.jsonl", "ckpt_latest.pt", "epoch_*.pt", "cache_r*.pt", "curves*.png"
+)
+
+
+def is_run_dir(path: Path) -> bool:
+    """A folder holding only a training run's files (and a config.json of a training run, if any)."""
+    from netvlad._outputs import folder_holds_only, json_object_with
+
+    if not folder_holds_only(path, RUN_DIR_ENTRIES):
+        return False
+    return not (path / "config.json").exists() or json_object_with(path / "config.json", ("train",))
+
+
+def _check_run_dir(args) -> None:
+    """--out may be no input, and a new run goes only into a new, empty or run folder."""
+    from netvlad._outputs import check_not_input, check_output_dir
+
+    inputs = [("--train", args.train), ("--val", args.val), ("--train-images", args.train_images),
+              ("--val-images", args.val_images), ("--model", args.model), ("--weights", args.weights)]
+    if args.resume:  # the run's own folder: files the user added there stay, nothing is removed
+        check_not_input(args.out, inputs)
+    else:
+        check_output_dir(args.out, inputs=inputs, is_ours=is_run_dir, kind="training run folder")
+
+
 def run_train(args) -> int:
+    from netvlad._outputs import OutputLock
+
+    _check_run_dir(args)
+    # One process per run directory; under torchrun rank 0 speaks for the group.
+    lock = OutputLock(args.out, "training into")
+    if int(os.environ.get("RANK", "0")) == 0:
+        lock.acquire()
+    try:
+        return _train(args)
+    finally:
+        lock.release()
+
+
+def _train(args) -> int:
     from netvlad.data import load_dataset
     from netvlad.train import fit
     from netvlad.weights import load_model
@@ -284,6 +331,11 @@ def run_pick_best(args) -> int:
 
     rr = read_run_recalls(args.run_dir)
     epoch, path = pick_best(args.run_dir, args.n)
+    if args.export:
+        from netvlad._outputs import check_output_file, is_netvlad_checkpoint
+
+        check_output_file(args.export, inputs=[("RUN_DIR", args.run_dir), ("best checkpoint", path)],
+                          is_ours=is_netvlad_checkpoint, kind="netvlad checkpoint", overwrite=args.overwrite)
     col = rr.epochs.index(epoch)
     print(f"best epoch by val recall@{args.n}: {epoch}  ({path})")
     print(f"{'N':>4} {'off-the-shelf':>14} {'trained':>9} {'ratio':>7}")
@@ -348,6 +400,7 @@ def _auto_dim(model, params, val_ds, cache: Path, args) -> tuple[int, dict[int, 
 
 
 def run_pca(args) -> int:
+    from netvlad._outputs import check_output_file, is_netvlad_checkpoint
     from netvlad.data import load_dataset
     from netvlad.models import save_model
     from netvlad.weights import load_model
@@ -358,6 +411,10 @@ def run_pca(args) -> int:
         raise CLIError("--dim auto chooses the dimension by validation recall@1: give --val SPEC")
     if args.val and not auto:
         raise CLIError("--val is used by --dim auto only")
+    inputs = [("MODEL", args.model), ("--dataset", args.dataset), ("--images", args.images),
+              ("--val", args.val)]
+    check_output_file(args.out, inputs=inputs, is_ours=is_netvlad_checkpoint, kind="netvlad checkpoint",
+                      overwrite=args.overwrite)
     model = load_model(args.model)
     if model.whitening is not None:
         raise CLIError(f"{args.model}: the model already has a PCA/whitening layer")

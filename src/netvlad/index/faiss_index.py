@@ -7,22 +7,37 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from netvlad._atomic import exchange, make_temp_dir, stale_temp_dirs
+from netvlad._outputs import check_output_dir, disk_full_error, folder_holds_only, is_disk_full
 from netvlad.index.exact import _check_finite, check_unit_norm, topk
 
 log = logging.getLogger(__name__)
 
-__all__ = ["INDEX_KINDS", "IndexConfig", "SearchIndex", "build_index", "load_index"]
+__all__ = ["INDEX_KINDS", "IndexConfig", "SearchIndex", "build_index", "is_index_dir", "load_index"]
 
 INDEX_KINDS = ("exact", "flat", "ivfflat", "ivfpq", "hnsw")
 INDEX_FORMAT = "netvlad-index"
 INDEX_VERSION = 1
+_INDEX_FILES = ("meta.json", "data.npz", "index.faiss")
+
+
+def is_index_dir(path: str | Path) -> bool:
+    """True for a folder :meth:`SearchIndex.save` wrote: a netvlad-index ``meta.json`` and nothing
+    but the index's own files (so replacing it can never delete anything else)."""
+    path = Path(path)
+    meta = path / "meta.json"
+    if not meta.is_file() or not folder_holds_only(path, _INDEX_FILES):
+        return False
+    try:
+        return json.loads(meta.read_text()).get("format") == INDEX_FORMAT
+    except (ValueError, OSError, AttributeError):
+        return False
 
 
 @dataclass
@@ -113,48 +128,92 @@ class SearchIndex:
         scores, ids = self._faiss_index.search(q, k)
         return scores.astype(np.float32), ids.astype(np.int64)
 
-    def save(self, path: str | Path) -> Path:
+    def estimated_bytes(self) -> int:
+        """About how many bytes :meth:`save` writes (for the full-disk message)."""
+        n, d = self.ntotal, self.dim
+        per_vector = {"ivfpq": 4 * d + int(self.params.get("pq_m", 32)) + 8,
+                      "hnsw": 4 * d + 8 * int(self.params.get("hnsw_m", 32))}.get(self.kind, 4 * d + 8)
+        names = sum(len(x) for x in self.names) * 4 if self.names is not None else 0
+        return n * per_vector + names + (16 * n if self.utm is not None else 0)
+
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
         """Write the index as a directory (``meta.json``, ``data.npz``, ``index.faiss``), atomically.
 
         The directory is assembled under a temporary name next to ``path`` and renamed into place,
-        so a reader never sees a partial index.
+        so a reader never sees a partial index; temporaries of killed saves are removed.
+
+        Args:
+            path: the index folder. An existing one is replaced only when it is an index folder
+                this method wrote (see :func:`is_index_dir`) or empty; a folder holding anything
+                else is never replaced.
+            overwrite: also replace a *file* at ``path``.
+
+        Raises:
+            OutputError (a ValueError): ``path`` holds something else.
+            DiskFullError (an OSError): no space left (``path`` is untouched).
         """
         path = Path(path)
+        check_output_dir(path, is_ours=is_index_dir, kind="netvlad index folder", overwrite=overwrite,
+                         replaces_file=True)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        for old in stale_temp_dirs(path):
+            shutil.rmtree(old, ignore_errors=True)
+        tmp = make_temp_dir(path)
         try:
-            meta = {
-                "format": INDEX_FORMAT,
-                "version": INDEX_VERSION,
-                "kind": self.kind,
-                "dim": self.dim,
-                "ntotal": self.ntotal,
-                "params": self.params,
-                "meta": self.meta,
-            }
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-            arrays: dict[str, np.ndarray] = {}
-            if self.names is not None:
-                arrays["names"] = np.asarray(self.names, dtype=np.str_)
-            if self.utm is not None:
-                arrays["utm"] = np.asarray(self.utm, dtype=np.float64)
-            if self._desc is not None:
-                arrays["descriptors"] = self._desc
-            with open(tmp / "data.npz", "wb") as f:
-                np.savez(f, **arrays)
-            if self._faiss_index is not None:
-                _faiss().write_index(self._faiss_index, str(tmp / "index.faiss"))
-            old = None
-            if path.exists():
-                old = path.parent / f".{path.name}.old-{os.getpid()}"
-                os.replace(path, old)
-            os.replace(tmp, path)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            self._write_files(tmp)
+            _replace(path, tmp)
+        except (OSError, RuntimeError) as exc:
+            if is_disk_full(exc):
+                raise disk_full_error(path, self.estimated_bytes(), how="the index's size") from exc
+            raise
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
         return path
+
+    def _write_files(self, tmp: Path) -> None:
+        meta = {
+            "format": INDEX_FORMAT,
+            "version": INDEX_VERSION,
+            "kind": self.kind,
+            "dim": self.dim,
+            "ntotal": self.ntotal,
+            "params": self.params,
+            "meta": self.meta,
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        arrays: dict[str, np.ndarray] = {}
+        if self.names is not None:
+            arrays["names"] = np.asarray(self.names, dtype=np.str_)
+        if self.utm is not None:
+            arrays["utm"] = np.asarray(self.utm, dtype=np.float64)
+        if self._desc is not None:
+            arrays["descriptors"] = self._desc
+        with open(tmp / "data.npz", "wb") as f:
+            np.savez(f, **arrays)
+        if self._faiss_index is not None:
+            _faiss().write_index(self._faiss_index, str(tmp / "index.faiss"))
+
+
+def _replace(path: Path, tmp: Path) -> None:
+    """Rename the finished folder ``tmp`` to ``path``, replacing what is there (a folder or file)."""
+    old = None
+    if os.path.lexists(path):
+        if exchange(tmp, path):  # atomic: readers see the old index or the new one, never none
+            old = tmp
+        else:
+            # The old index goes aside under a name of the temp-folder pattern, so that if this
+            # process dies before removing it, the next save does.
+            old = make_temp_dir(path)
+            os.rmdir(old)
+            os.replace(path, old)
+    if old is not tmp:
+        os.replace(tmp, path)
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
 
 
 def _apply_search_params(index: Any, kind: str, cfg: IndexConfig) -> None:

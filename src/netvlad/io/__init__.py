@@ -11,8 +11,9 @@ HDF5 feature file (the default, written by ``netvlad extract``):
   known, ``model_ref`` (the preset name or checkpoint's absolute path that ``netvlad extract`` ran:
   provenance for ``netvlad index build``/``query``, not part of the file's identity).
 
-A run writes ``OUT.partial.h5`` (with a per-row ``written`` mask and a ``done`` count, flushed
-after every batch) and renames it to OUT when complete, so OUT is never a partial file. This is
+A run writes ``OUT.partial.h5`` (with a per-row ``written`` mask and a ``done`` count, set only
+after the batch's rows are on disk) and renames it to OUT when complete, so OUT is never a partial
+file; ``OUT.lock`` keeps a second process from writing the same OUT. This is
 what the MATLAB original lacks: it truncates ``.bin`` files in place and never recomputes an
 existing one, so an interrupted run silently poisons every later run (spec, Robustness).
 
@@ -26,10 +27,7 @@ from netvlad.io.features import (
     VERSION,
     FeatureFileError,
     FeatureIdentity,
-    FeatureWriter,
-    OutputStatus,
     names_sha256,
-    output_status,
     partial_path,
     read_attrs,
     read_features,
@@ -37,6 +35,7 @@ from netvlad.io.features import (
 )
 from netvlad.io.hloc import export_hloc, read_hloc
 from netvlad.io.matlab import read_bin, read_bin_pair, write_bin
+from netvlad.io.writer import FeatureWriter, OutputStatus, output_status
 
 __all__ = [
     "FORMAT",

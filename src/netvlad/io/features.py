@@ -1,4 +1,5 @@
-"""HDF5 feature files: format, atomic writing, resumable writer, identity checks."""
+"""HDF5 feature files: format, reading, atomic writing, identity checks (the resumable writer is
+in :mod:`netvlad.io.writer`)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -105,11 +105,11 @@ def _encode_attr(key: str, value: Any) -> Any:
     return value
 
 
-def _open_h5(path: Path, mode: str = "r") -> h5py.File:
+def _open_h5(path: Path, mode: str = "r", **kwargs: Any) -> h5py.File:
     if not path.exists():
         raise FileNotFoundError(f"{path}: feature file not found")
     try:
-        return h5py.File(path, mode)
+        return h5py.File(path, mode, **kwargs)
     except OSError as exc:
         hint = " (a MATLAB .bin file? use read_bin)" if path.suffix == ".bin" else ""
         raise FeatureFileError(
@@ -188,195 +188,56 @@ def write_features(path: str | Path, names: Sequence[str], descriptors: np.ndarr
     meta = {"bad_images": [], **(attrs or {})}
 
     def write(tmp: str) -> None:
-        with h5py.File(tmp, "w") as f:
+        f = _h5_for_writing(tmp, "w")
+        try:
             _create_layout(f, list(names), desc.shape[1], dtype, meta)
             if len(names):
                 f["descriptors"][...] = desc.astype(dtype)
             f.attrs["done"] = len(names)
             f.attrs["complete"] = True
+            f.flush()
+        finally:
+            _close_h5(f)
 
-    return atomic_write(path, write)
+    size = desc.shape[0] * desc.shape[1] * np.dtype(dtype).itemsize
+    return atomic_write(path, write, size_hint=size)
+
+
+def _h5_for_writing(path: str | Path, mode: str) -> h5py.File:
+    # No raw-data chunk cache: each write reaches the file inside the call, so a full disk raises
+    # there (OSError ENOSPC). With a cache HDF5 writes chunks later, h5py swallows the failure in
+    # a destructor (the rows silently read back as zeros) and HDF5 crashes at exit on the dirty
+    # cache. Rows are written a batch at a time, so the cache saved nothing (measured).
+    return h5py.File(path, mode, rdcc_nbytes=0)
+
+
+def _close_h5(f: h5py.File) -> None:
+    """Close ``f`` even after a failed write: HDF5 keeps a file whose flush failed open (and
+    crashes at interpreter exit trying again) unless it is closed a second time."""
+    for attempt in range(3):
+        try:
+            f.close()
+            return
+        except (OSError, RuntimeError):
+            if attempt == 2:
+                logger.debug("%s: could not close after a failed write", f)
 
 
 def _create_layout(f: h5py.File, names: list[str], dim: int, dtype: str, meta: dict[str, Any]) -> None:
     n = len(names)
     f.create_dataset("names", data=np.array(names, dtype=object), dtype=h5py.string_dtype("utf-8"))
     chunks = (_rows_per_chunk(dim, np.dtype(dtype).itemsize, n), dim) if n and dim else None
-    f.create_dataset("descriptors", shape=(n, dim), dtype=dtype, chunks=chunks)
+    dcpl = None
+    if chunks:
+        # Every chunk and the whole chunk index exist from the start (sparse: nothing is written
+        # until the rows are), so later writes never need new file metadata: on a full disk only
+        # the row write itself fails, and it fails cleanly.
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+        dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    f.create_dataset("descriptors", shape=(n, dim), dtype=dtype, chunks=chunks, dcpl=dcpl)
     base = {"format": FORMAT, "version": VERSION, "dim": dim, "dtype": dtype, "num_images": n,
             "names_sha256": names_sha256(names), "complete": False, "done": 0}
     for k, v in {**meta, **base}.items():
         if v is not None:
             f.attrs[k] = _encode_attr(k, v)
-
-
-@dataclasses.dataclass
-class OutputStatus:
-    """What a resumable extraction to ``out`` will do: ``kind`` is "new", "resume" or "up-to-date"."""
-
-    kind: str
-    done: int = 0
-    message: str = ""
-
-
-def output_status(out: str | Path, identity: FeatureIdentity, num_images: int,
-                  overwrite: bool = False) -> OutputStatus:
-    """Decide what to do with an existing final or partial file at ``out`` (no side effects).
-
-    Raises:
-        FeatureFileError: a final file (or partial file) from another model, dimension, dtype,
-            preprocessing or image list exists and ``overwrite`` is False.
-    """
-    out = Path(out)
-    if out.exists() and not overwrite:
-        try:
-            attrs = read_attrs(out)
-        except FeatureFileError as exc:
-            raise FeatureFileError(
-                f"{exc}; refusing to replace it (pass overwrite=True / --overwrite)") from exc
-        diff = identity.differences(FeatureIdentity.of_attrs(attrs))
-        if diff:
-            raise FeatureFileError(
-                f"{out}: exists and was written with {'; '.join(diff)}; "
-                "refusing to reuse or replace it (pass overwrite=True / --overwrite)")
-        if not attrs.get("complete", False):
-            raise FeatureFileError(f"{out}: exists but is not complete; pass overwrite=True / --overwrite")
-        bad = attrs.get("bad_images", [])
-        note = f", {len(bad)} bad image(s)" if bad else ""
-        return OutputStatus("up-to-date", num_images,
-                            f"{out}: up to date ({num_images} images, {identity.dim}-D{note})")
-    part = partial_path(out)
-    if part.exists() and not overwrite:
-        try:
-            attrs = read_attrs(part)
-        except FeatureFileError as exc:
-            # A partial file is our own temp file; one that cannot be opened (killed mid-write)
-            # holds nothing trustworthy, so start over rather than fail.
-            logger.warning("%s; discarding it and starting over", exc)
-            return OutputStatus("new", 0, f"{part}: unreadable partial file discarded")
-        diff = identity.differences(FeatureIdentity.of_attrs(attrs))
-        if diff:
-            raise FeatureFileError(
-                f"{part}: an interrupted extraction with {'; '.join(diff)} is in the way; "
-                "delete it or pass overwrite=True / --overwrite")
-        done = int(attrs.get("done", 0))
-        return OutputStatus("resume", done, f"{out}: resuming after {done} of {num_images} images")
-    return OutputStatus("new", 0, f"{out}: new ({num_images} images)")
-
-
-class FeatureWriter:
-    """Resumable, atomic writer of one feature file (used by ``netvlad.extract``).
-
-    Usage::
-
-        w = FeatureWriter(out, names, identity_attrs, dim, dtype="float32")
-        todo = w.open()              # bool mask of rows still to compute (all False: up to date)
-        w.write(rows, desc_block)    # any order; flushed to OUT.partial.h5 with the ``written`` mask
-        w.mark_bad(rows, reasons)
-        w.finish()                   # complete=True, renamed atomically to OUT
-    """
-
-    def __init__(self, out: str | Path, names: Sequence[str], dim: int, dtype: str = "float32",
-                 attrs: dict[str, Any] | None = None, overwrite: bool = False):
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
-        self.out = Path(out)
-        self.partial = partial_path(self.out)
-        self.names = [str(n) for n in names]
-        self.dim = int(dim)
-        self.dtype = dtype
-        self.attrs = dict(attrs or {})
-        self.overwrite = overwrite
-        self.identity = FeatureIdentity(
-            fingerprint=str(self.attrs.get("fingerprint", "")), dim=self.dim, dtype=dtype,
-            names_sha256=names_sha256(self.names),
-            preprocessing=json.dumps(self.attrs.get("preprocessing", {}), sort_keys=True),
-            compute=str(self.attrs.get("compute", "fp32")))
-        self.status: OutputStatus | None = None
-        self._f: h5py.File | None = None
-        self._bad: list[str] = []
-
-    def open(self) -> np.ndarray:
-        """Validate/prepare the output; return a bool mask (N,) of rows still to write."""
-        n = len(self.names)
-        self.status = output_status(self.out, self.identity, n, self.overwrite)
-        if self.status.kind == "up-to-date":
-            return np.zeros(n, dtype=bool)
-        if self.status.kind == "resume":
-            self._f = _open_h5(self.partial, "r+")
-            self._bad = list(json.loads(self._f.attrs.get("bad_images", "[]")))
-            return ~self._f["written"][()].astype(bool)
-        self.partial.unlink(missing_ok=True)
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self._f = h5py.File(self.partial, "w")
-        _create_layout(self._f, self.names, self.dim, self.dtype, {**self.attrs, "bad_images": []})
-        self._f.create_dataset("written", shape=(n,), dtype=np.uint8)
-        self._f.flush()
-        return np.ones(n, dtype=bool)
-
-    @property
-    def done(self) -> int:
-        return int(self._f.attrs["done"]) if self._f is not None else 0
-
-    def write(self, rows: Sequence[int] | np.ndarray, desc: np.ndarray) -> None:
-        """Store descriptors (len(rows)×D) for the given row indices and flush."""
-        if self._f is None:
-            raise RuntimeError("FeatureWriter.write before open() (or after finish/close)")
-        rows = np.asarray(rows, dtype=np.int64)
-        desc = np.asarray(desc)
-        if desc.shape != (len(rows), self.dim):
-            raise ValueError(f"expected a {len(rows)}×{self.dim} block, got {desc.shape}")
-        if len(rows) == 0:
-            return
-        order = np.argsort(rows, kind="stable")  # h5py point selections must be increasing
-        rows, desc = rows[order], desc[order]
-        self._f["descriptors"][rows] = desc.astype(self.dtype)
-        written = self._f["written"]
-        new = int(len(rows) - written[rows].sum())
-        written[rows] = 1
-        self._f.attrs["done"] = self.done + new
-        self._f.flush()
-
-    def mark_bad(self, rows: Sequence[int], reasons: Sequence[str] | None = None) -> None:
-        """Record unreadable images: their rows become NaN and their names go to ``bad_images``."""
-        rows = list(rows)
-        if not rows:
-            return
-        for r, why in zip(rows, reasons or [""] * len(rows)):
-            logger.warning("skipping bad image %s%s", self.names[r], f": {why}" if why else "")
-            if self.names[r] not in self._bad:
-                self._bad.append(self.names[r])
-        self._f.attrs["bad_images"] = json.dumps(self._bad)
-        self.write(rows, np.full((len(rows), self.dim), np.nan, dtype=np.float32))
-
-    @property
-    def bad_images(self) -> list[str]:
-        return list(self._bad)
-
-    def finish(self) -> Path:
-        """Mark complete and rename the partial file to OUT atomically. Returns OUT."""
-        if self.status is not None and self.status.kind == "up-to-date":
-            return self.out
-        if self._f is None:
-            raise RuntimeError("FeatureWriter.finish before open()")
-        missing = len(self.names) - self.done
-        if missing:
-            raise RuntimeError(f"{self.partial}: {missing} rows were never written; cannot finish")
-        del self._f["written"]
-        self._f.attrs["complete"] = True
-        self._f.close()
-        self._f = None
-        os.replace(self.partial, self.out)
-        return self.out
-
-    def close(self) -> None:
-        """Close without finishing (the partial file stays, to be resumed)."""
-        if self._f is not None:
-            self._f.close()
-            self._f = None
-
-    def __enter__(self) -> FeatureWriter:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

@@ -13,6 +13,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from netvlad._atomic import atomic_write, atomic_write_text
+from netvlad._outputs import check_output_dir, folder_holds_only
 from netvlad.synth.config import SPLITS, SynthConfig
 from netvlad.synth.render import CONDITIONS, Camera, Renderer, sample_condition
 from netvlad.synth.town import District, Town, build_town
@@ -224,6 +225,15 @@ def to_dataset(town: Town, split: str, db: list[View], queries: list[View], root
     )
 
 
+#: What `generate_town` writes into its folder (hidden temporaries aside).
+TOWN_ENTRIES = (*SPLITS, "town.json", "map.png")
+
+
+def is_town_dir(path: Path) -> bool:
+    """A folder holding only what :func:`generate_town` writes (a finished or interrupted town)."""
+    return folder_holds_only(path, TOWN_ENTRIES)
+
+
 def generate_town(
     out: str | Path, config: SynthConfig | None = None, progress: bool = True, overwrite: bool = False
 ) -> SynthTown:
@@ -241,6 +251,7 @@ def generate_town(
 
     config = config or SynthConfig()
     out = Path(out)
+    check_output_dir(out, is_ours=is_town_dir, kind="synthetic town folder")
     t0 = time.perf_counter()
     meta_path = out / "town.json"
     if meta_path.exists() and not overwrite:

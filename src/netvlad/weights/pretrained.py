@@ -18,10 +18,9 @@ from typing import Any
 
 import torch
 
+from netvlad import models as _models
 from netvlad._sniff import sniff
 from netvlad.models import PRESETS, PlaceModel
-from netvlad.models import create_model as create_preset
-from netvlad.models import load_model as load_checkpoint_or_preset
 from netvlad.weights.cache import (
     CachePaths,
     DownloadRecord,
@@ -158,12 +157,12 @@ def load_pretrained(
     kw = dict(catalogue=catalogue, converter=converter, timeout=timeout)
     path = get_weights(name, cache_dir, progress, **kw)
     try:
-        return load_checkpoint_or_preset(path, device=device)
+        return _models.load_model(path, device=device)
     except ValueError as exc:
         # A converted checkpoint this version of the model code cannot read is ours to redo.
         log.warning("%s: %s; converting %s again", path, exc, name)
         path.unlink(missing_ok=True)
-        return load_checkpoint_or_preset(get_weights(name, cache_dir, progress, **kw), device=device)
+        return _models.load_model(get_weights(name, cache_dir, progress, **kw), device=device)
 
 
 def create_model(name_or_preset, pretrained: bool = False, **kw) -> PlaceModel:
@@ -201,7 +200,7 @@ def create_model(name_or_preset, pretrained: bool = False, **kw) -> PlaceModel:
         raise ValueError(f"{name_or_preset}: presets have no published weights; pretrained=True takes a "
                          "published model's name (`netvlad weights list`); for ImageNet backbone weights "
                          "pass weights='imagenet'")
-    return create_preset(name_or_preset, **kw)
+    return _models.create_model(name_or_preset, **kw)
 
 
 def load_model(
@@ -231,11 +230,11 @@ def load_model(
                                  "carries its own weights")
             return load_pretrained(entry.name, device, cache_dir, progress=progress, catalogue=cat)
         try:
-            return load_checkpoint_or_preset(name_or_path, device=device, weights=weights)
+            return _models.load_model(name_or_path, device=device, weights=weights)
         except FileNotFoundError as exc:
             hint = did_you_mean(name_or_path, cat)
             raise FileNotFoundError(f"{exc}, nor a published model (`netvlad weights list`){hint}") from None
-    return load_checkpoint_or_preset(name_or_path, device=device, weights=weights)
+    return _models.load_model(name_or_path, device=device, weights=weights)
 
 
 # --------------------------------------------------------------------------- steps
