@@ -11,10 +11,12 @@ import torch
 
 #: Default ``ExtractConfig.max_pixels``: 2**23 (8.4 Mpx, e.g. 3344×2508). VGG-16 fp32 needs about
 #: 520 bytes per input pixel for its forward pass (peak RSS measured in a subprocess with
-#: ``resource.getrusage``, 1–2 Mpx inputs: benchmarks/image_memory.py), so a forward pass at this
-#: limit takes about 4.4 GB (4.1 GiB) instead of 52 GB for a 10000×10000 photo. It keeps every
-#: benchmark at its protocol resolution: 640×480 Pittsburgh/Tokyo batches of 8 (2.5 Mpx), Oxford
-#: and Paris 1024×768 batches of 8 (6.3 Mpx), Holidays' largest photos (2560×1920, 4.9 Mpx).
+#: ``resource.getrusage``: benchmarks/image_memory.py), so a forward pass at this limit takes about
+#: 4.4 GB instead of 52 GB for a 10000×10000 photo. The benchmarks stay at their protocol
+#: resolution: Pittsburgh and Tokyo Time Machine batches of 8 at 640×480 (2.5 Mpx), Oxford and
+#: Paris batches of 8 at about 1024×768 (6.3 Mpx), Holidays at ≤ 786k px (its protocol downscales).
+#: Tokyo 24/7 queries vary in size: one above the bound is downscaled with a warning
+#: (``max_pixels=None`` / ``--max-pixels 0`` keeps native resolution).
 DEFAULT_MAX_PIXELS = 1 << 23
 
 #: What to do with an image whose network input exceeds ``max_pixels``.

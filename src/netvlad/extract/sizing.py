@@ -73,9 +73,9 @@ def forward_bytes_per_pixel(model, cfg: ExtractConfig) -> float:
     """Activation bytes per network-input pixel of one forward pass of ``model`` as ``cfg`` runs it
     (device, channels_last, amp/bf16): the peak of live tensor bytes on a small probe input.
 
-    Measured against peak RSS of full-size forward passes (benchmarks/image_memory.py): VGG-16
-    536 B/px here vs 520 measured, ResNet-18 152 vs 141; ResNet-50 248 vs 350 (the allocator's
-    fragmentation is not a tensor), so read it as "about".
+    Against the peak RSS of full-size forward passes (benchmarks/image_memory.py) it is 0.98 of it
+    for VGG-16, 0.91 for ResNet-18 and 0.4-0.7 for ResNet-50, EfficientNet-Lite0 and AlexNet (the
+    allocator's fragmentation and oneDNN's temporaries are not tensors): read it as "at least about".
     """
     from netvlad.extract.run import _forward, _prepared  # run imports this module
 
