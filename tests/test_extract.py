@@ -73,7 +73,8 @@ def test_bucketed_batches_equal_batch_size_one(model, images, tmp_path):
     np.testing.assert_allclose(got, one, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
     assert attrs["fingerprint"] == model.fingerprint() and attrs["dim"] == model.out_dim
-    assert attrs["preprocessing"] == model.preprocess.to_dict()
+    assert attrs["preprocessing"] == {**model.preprocess.to_dict(), "max_pixels": extract.DEFAULT_MAX_PIXELS,
+                                      "oversize": "downscale", "exif_orientation": False}
     assert attrs["model_config"]["backbone"] == "alexnet" and attrs["compute"] == "fp32"
     # each row is the single-image representation
     np.testing.assert_allclose(extract.compute_representation(model, paths[1]), one[1], atol=1e-5)

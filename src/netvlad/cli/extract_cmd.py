@@ -29,7 +29,12 @@ def register(sub) -> None:
         "before the extension (feats.h5 -> feats_db.h5, feats_query.h5), because database and query\n"
         "names are relative to different roots and may collide.\n\n"
         "With --skip-bad an unreadable image gets a NaN row and is listed in the file's bad_images\n"
-        "attribute (rows stay aligned with the dataset); hloc output leaves such images out.",
+        "attribute (rows stay aligned with the dataset); hloc output leaves such images out. A\n"
+        "decompression bomb (a header over Pillow's 179 Mpx limit) is such an image, and so is an\n"
+        "image over --max-pixels with --oversize refuse.\n\n"
+        "Photos from phones store their rotation as an EXIF tag: --images honours it by default,\n"
+        "--dataset ignores it as the benchmarks' ground truth does; --exif-orientation and\n"
+        "--no-exif-orientation override either.",
         epilog="examples:\n"
         "  netvlad extract vgg16-netvlad.pt --dataset pitts30k_test.mat --image-root /data/pitts --out f.h5\n"
         "  netvlad extract model.pt --images photos/ --out photos.h5 --bf16\n"
@@ -63,8 +68,35 @@ def register(sub) -> None:
     p.add_argument("--max-side", type=int, default=d.max_side, metavar="PX",
                    help="resize so the longest side is at most PX pixels, overriding the model's "
                    "preprocessing; 0 keeps native resolution (default: the model's)")
+    add_image_options(p, exif_default="on with --images, off with --dataset (its protocol)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+
+
+def add_image_options(p, exif_default: str, oversize: bool = True) -> None:
+    """--max-pixels, --oversize and --exif-orientation/--no-exif-orientation (shared with query, init)."""
+    from netvlad.extract import DEFAULT_MAX_PIXELS, OVERSIZE_MODES
+
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                   help="most network-input pixels in one forward pass, after preprocessing (default: "
+                   f"{DEFAULT_MAX_PIXELS}, about 4.4 GB of activations for VGG-16 fp32 at ~520 bytes/pixel); "
+                   "equal-size images share a batch only up to it, a larger image is handled as "
+                   "--oversize says; 0: no bound (one huge photo can then take the machine)")
+    if oversize:
+        p.add_argument("--oversize", choices=OVERSIZE_MODES, default="downscale",
+                       help="an image over --max-pixels: downscale it (keeping its aspect ratio; a "
+                       "warning names it and the size used) or refuse it as a bad image (default: "
+                       "downscale)")
+    p.add_argument("--exif-orientation", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"apply the photos' EXIF orientation tag (default: {exif_default})")
+
+
+def image_settings(args, exif_default: bool) -> dict:
+    """ExtractConfig fields from the options of :func:`add_image_options`."""
+    if args.max_pixels < 0:
+        raise CLIError(f"--max-pixels must be >= 0 (0: no bound), got {args.max_pixels}")
+    return {"max_pixels": args.max_pixels or None, "oversize": getattr(args, "oversize", "downscale"),
+            "exif_orientation": exif_default if args.exif_orientation is None else args.exif_orientation}
 
 
 def list_images(root: Path, list_file: Path | None = None) -> list[str]:
@@ -160,7 +192,8 @@ def run(args) -> int:
     cfg = ExtractConfig(batch_size=args.batch_size, num_workers=args.workers, device=args.device,
                         half=args.half, amp=args.amp, bf16=args.bf16, skip_bad=args.skip_bad,
                         overwrite=args.overwrite, max_side=args.max_side, progress=not args.no_progress,
-                        model_ref=model_reference(args.model))
+                        model_ref=model_reference(args.model),
+                        **image_settings(args, exif_default=args.images is not None))
     jobs = _jobs(args)
     for paths, _, out in jobs:
         _check_output(args, out, paths)

@@ -70,7 +70,9 @@ def register(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Describe each IMAGE with the index's model (or --model), search the index and print\n"
         "the top-k database images, their scores and coordinates; the estimated location is the\n"
-        "top-1 image's coordinates.",
+        "top-1 image's coordinates. Photos are turned upright by their EXIF orientation tag unless\n"
+        "--no-exif-orientation; one over --max-pixels is downscaled with a warning (or refused with\n"
+        "--oversize refuse); an unreadable photo or a decompression bomb is a one-line error.",
         epilog="examples:\n  netvlad query city.idx photo1.jpg photo2.jpg --k 5\n"
         "  netvlad query city.idx photo.jpg --model model.pt --json",
     )
@@ -83,6 +85,9 @@ def register(sub) -> None:
     q.add_argument("--json", action="store_true", help="print JSON instead of a table")
     q.add_argument("--device", default="cpu")
     q.add_argument("--batch-size", type=int, default=1)
+    from netvlad.cli.extract_cmd import add_image_options
+
+    add_image_options(q, exif_default="on: a phone photo is described upright")
     q.set_defaults(func=run_query)
 
 
@@ -189,10 +194,13 @@ def search_images(
     device: str = "cpu",
     batch_size: int = 1,
     max_side: int | None = None,
+    **image_settings,
 ) -> list[dict]:
     """Describe ``images`` with ``model``, search ``index``; one result dict per image.
 
-    ``max_side`` is ``ExtractConfig.max_side`` (None: the model's preprocessing, 0: native).
+    ``max_side`` is ``ExtractConfig.max_side`` (None: the model's preprocessing, 0: native);
+    ``image_settings`` are ExtractConfig's ``max_pixels``, ``oversize`` and ``exif_orientation``
+    (on unless given: a user's photos).
     """
     from netvlad.extract import compute_descriptors
 
@@ -208,6 +216,7 @@ def search_images(
         progress=len(images) > 20,
         num_workers=0 if len(images) < 16 else 2,
         max_side=max_side,
+        **{"exif_orientation": True, **image_settings},
     )
     scores, ids = index.search(desc, k)
     out = []
@@ -269,7 +278,10 @@ def run_query(args) -> int:
     # overrides the model's resize and is recorded in the feature file's preprocessing).
     pre = index.meta.get("preprocessing") or {}
     max_side = (pre["max_side"] or 0) if "max_side" in pre else None
-    res = search_images(index, model, list(args.images), args.k, args.device, args.batch_size, max_side)
+    from netvlad.cli.extract_cmd import image_settings
+
+    res = search_images(index, model, list(args.images), args.k, args.device, args.batch_size, max_side,
+                        **image_settings(args, exif_default=True))
     if args.json:
         print(json.dumps(res, indent=1))
         return 0

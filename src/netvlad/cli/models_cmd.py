@@ -49,6 +49,9 @@ def register(sub) -> None:
     p.add_argument("--weights", default=None,
                    help="backbone weights for a preset: imagenet, random or a state-dict FILE")
     p.add_argument("--device", default="cpu", help="torch device (cpu)")
+    from netvlad.cli.extract_cmd import add_image_options
+
+    add_image_options(p, exif_default="on for an --images folder, off with --dataset (its protocol)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--overwrite", action="store_true", help="replace a CKPT that is not a netvlad checkpoint")
     p.set_defaults(func=run_init)
@@ -178,7 +181,8 @@ def list_images(root: Path) -> list[Path]:
 def run_init(args) -> int:
     from dataclasses import replace
 
-    from netvlad.data.images import load_image
+    from netvlad.cli.extract_cmd import image_settings
+    from netvlad.extract import ExtractConfig, ModelImageReader
     from netvlad.models import init_clusters, save_model
 
     if args.dataset is None and args.images is None:
@@ -213,8 +217,10 @@ def run_init(args) -> int:
             raise CLIError("--max-side must be >= 1")
         m.set_preprocess(replace(m.preprocess, max_side=args.max_side))
     m.to(args.device)
+    # Images read as extraction reads them: upright photos, and no photo over --max-pixels.
+    cfg = ExtractConfig(device=args.device, **image_settings(args, exif_default=args.dataset is None))
     res = init_clusters(m, paths, per_image=args.per_image, max_images=args.max_images, seed=args.seed,
-                        progress=not args.quiet, loader=load_image)
+                        progress=not args.quiet, loader=ModelImageReader(m, cfg))
     extra = {"init": {"source": where, "num_images": res.num_images, "num_descriptors": res.num_descriptors,
                       "alpha": res.alpha, "per_image": args.per_image, "seed": args.seed}}
     out = save_model(m.cpu(), args.out, extra=extra)

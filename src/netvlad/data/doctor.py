@@ -4,7 +4,7 @@ Checks (severity in brackets; errors make ``netvlad dataset check`` exit 1):
 
 - ``empty`` [error]: no database images or no queries.
 - ``missing-image`` / ``unreadable-image`` [error]: file absent, or Pillow cannot read its header
-  (full decode only with ``decode=True``).
+  (full decode only with ``decode=True``), or the header is over Pillow's decompression-bomb limit.
 - ``mixed-sizes`` [warning]: several image sizes among database or query images (batching then
   needs batch size 1 or resizing).
 - ``bad-coordinates`` [error]: NaN / infinite UTM coordinates.
@@ -104,6 +104,8 @@ def _image_info(path: Path, decode: bool):
         return size
     except FileNotFoundError:
         return "missing"
+    except Image.DecompressionBombError as exc:  # not an OSError: it would end the whole check
+        return f"unreadable (a possible decompression bomb: {exc})"
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
         return f"unreadable ({exc})"
 

@@ -1,11 +1,18 @@
-"""Image loading: any file Pillow reads becomes an H×W×3 uint8 RGB array."""
+"""Image loading: any file Pillow reads becomes an H×W×3 uint8 RGB array.
+
+Sizes come from file headers (Pillow opens lazily), so a caller learns an image is too big before
+decoding it; a header over Pillow's decompression-bomb limit is an unreadable image, never a crash.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 #: File suffixes treated as images when a folder is searched (all are formats Pillow reads).
 IMAGE_EXTENSIONS = frozenset(
@@ -53,30 +60,124 @@ def to_rgb_array(img: Image.Image) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8).copy()
 
 
-def load_image(path: str | Path, honour_exif: bool = False) -> np.ndarray:
+#: EXIF orientations (tag 0x0112) that swap width and height: transposed and 90°/270° rotations.
+_SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+
+
+@contextlib.contextmanager
+def _opened(path: Path) -> Iterator[Image.Image]:
+    """``Image.open`` (lazy: header only) with every failure as an ImageLoadError naming ``path``.
+
+    A header over Pillow's decompression-bomb limit (``2·Image.MAX_IMAGE_PIXELS`` pixels, 179 Mpx
+    by default) is a bad image, not a crash. Pillow's warning for sizes between the limit and twice
+    it is silenced: such photos are legitimate, and extraction bounds their memory itself
+    (``ExtractConfig.max_pixels``).
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                yield img
+    except FileNotFoundError as exc:
+        raise ImageLoadError(f"{path}: image not found") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageLoadError(f"{path}: not an image Pillow can read") from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageLoadError(f"{path}: refused as a possible decompression bomb ({exc})") from exc
+    except (OSError, SyntaxError) as exc:
+        raise ImageLoadError(f"{path}: corrupt or truncated image ({exc})") from exc
+
+
+def _orientation(img: Image.Image) -> int | None:
+    """The EXIF orientation (1-8) read without decoding pixels; None where that is impossible.
+
+    Pillow finds a PNG's eXIf chunk before the image data at open; one after it needs a full
+    decode, so a PNG without an eXIf chunk in its header is "unknown" here rather than decoded.
+    """
+    if img.format == "PNG" and "exif" not in img.info:
+        return None
+    try:
+        return int(img.getexif().get(ExifTags.Base.Orientation, 1))
+    except (ValueError, TypeError, SyntaxError, OSError):
+        return 1  # a broken EXIF block: exif_transpose ignores it too
+
+
+def _oriented(size: tuple[int, int], orientation: int | None) -> tuple[int, int]:
+    """(height, width) of an image of PIL ``size`` (width, height) after EXIF ``orientation``."""
+    w, h = size
+    return (w, h) if orientation in _SWAPPING_ORIENTATIONS else (h, w)
+
+
+def image_size(path: str | Path, honour_exif: bool = False) -> tuple[int, int]:
+    """(height, width) of an image from its file header, without decoding its pixels.
+
+    Args:
+        path: image file.
+        honour_exif: give the size after EXIF orientation (height and width swapped for
+            orientations 5-8) where the orientation is in the header; a PNG whose eXIf chunk
+            follows its pixel data reports its stored size.
+
+    Raises:
+        ImageLoadError: missing, unreadable or corrupt file, or a decompression bomb (names it).
+    """
+    path = Path(path)
+    with _opened(path) as img:
+        return _oriented(img.size, _orientation(img) if honour_exif else 1)
+
+
+def load_image(path: str | Path, honour_exif: bool = False,
+               fit: Callable[[int, int], tuple[int, int] | None] | None = None) -> np.ndarray:
     """Read an image file as RGB.
 
     Args:
         path: image file.
         honour_exif: apply the EXIF orientation tag. Off by default: the benchmarks' ground
-            truth (and MATLAB's ``imread``) ignore it.
+            truth (and MATLAB's ``imread``) ignore it; photos from phones need it on.
+        fit: given the image's (height, width) after orientation, returns the (height, width) to
+            downscale it to, or None to keep it. It is called before any pixel is decoded
+            (after decoding for a PNG whose orientation is not in its header), so it can refuse an
+            image cheaply by raising. A JPEG is then decoded at the smallest DCT scale (1/2, 1/4,
+            1/8) still at least that size (``Image.draft``); the result is resized (bilinear,
+            antialiased, as ``Preprocess`` resizes) to exactly that size.
 
     Returns:
-        H×W×3 uint8 array.
+        H×W×3 uint8 array (the ``fit`` size when it gave one).
 
     Raises:
-        ImageLoadError: missing, unreadable, truncated or corrupt file (message names it).
+        ImageLoadError: missing, unreadable, truncated or corrupt file, or a decompression bomb
+            (header over Pillow's ``2·MAX_IMAGE_PIXELS``); the message names the file.
     """
     path = Path(path)
-    try:
-        with Image.open(path) as img:
+    with _opened(path) as img:
+        orientation = _orientation(img) if honour_exif else 1
+        target = None
+        if fit is not None and orientation is not None:
+            target = fit(*_oriented(img.size, orientation))
+            if target is not None:
+                # draft() wants the stored (unrotated) width×height; a no-op for formats other than JPEG.
+                th, tw = target
+                img.draft(img.mode, (th, tw) if orientation in _SWAPPING_ORIENTATIONS else (tw, th))
+        try:
             img.load()
-            if honour_exif:
-                img = ImageOps.exif_transpose(img)
+        except Image.DecompressionBombError as exc:
+            raise ImageLoadError(f"{path}: refused as a possible decompression bomb ({exc})") from exc
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise ImageLoadError(f"{path}: corrupt or truncated image ({exc})") from exc
+        if honour_exif:
+            img = ImageOps.exif_transpose(img)
+        if fit is not None and orientation is None:
+            target = fit(img.height, img.width)
+        if target is None:
             return to_rgb_array(img)
-    except FileNotFoundError as exc:
-        raise ImageLoadError(f"{path}: image not found") from exc
-    except UnidentifiedImageError as exc:
-        raise ImageLoadError(f"{path}: not an image Pillow can read") from exc
-    except (OSError, SyntaxError) as exc:
-        raise ImageLoadError(f"{path}: corrupt or truncated image ({exc})") from exc
+        return _resized(img, target)
+
+
+def _resized(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """``img`` as RGB resized to ``size`` (H, W): the same pixels as ``to_rgb_array`` then a PIL
+    bilinear resize, without an array of the full-size image when it is RGB already."""
+    h, w = size
+    if (img.height, img.width) == (h, w):
+        return to_rgb_array(img)
+    if img.mode == "RGB":
+        return np.asarray(img.resize((w, h), Image.Resampling.BILINEAR), dtype=np.uint8).copy()
+    return np.array(Image.fromarray(to_rgb_array(img)).resize((w, h), Image.Resampling.BILINEAR))

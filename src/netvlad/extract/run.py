@@ -1,160 +1,78 @@
-"""Run a place-recognition model over images in batches: in memory or into a resumable feature file.
-
-The MATLAB original (``serialAllFeats``) stacks images into batches, so sets of mixed image sizes
-need batch size 1. Here image sizes are read from file headers (cheap) and images of equal size
-are grouped into the same batches, so any set runs batched. The batch plan depends only on the
-image list, the sizes and the batch size, so a resumed run computes exactly the batches the
-uninterrupted run would have (byte-identical descriptors).
-
-CPU speed (see docs/perf-facts.md): inference_mode, channels_last activations and weights, one
-process with torch's default thread count (one per core), JPEG decoding overlapped in DataLoader
-workers that use one thread each, and glibc malloc tuning (:func:`tune_malloc`).
-"""
+"""Batched extraction: images → descriptors, in memory or into a resumable feature file."""
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import logging
-import os
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from netvlad.data.images import ImageLoadError, load_image, to_rgb_array
+from netvlad.data.images import ImageLoadError, image_size, load_image
+from netvlad.extract.config import ExtractConfig, default_num_workers, tune_malloc
+from netvlad.extract.sizing import SizePolicy, fitted_preprocess
 from netvlad.io import FeatureWriter
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("netvlad.extract")
 
 
-def default_num_workers(device: torch.device | str) -> int:
-    """Decoding processes to use when the caller does not say.
-
-    On CPU, decode in the main process: a 640×480 JPEG decodes in a few ms against hundreds of ms
-    of CNN, and worker processes preempt the OpenMP compute threads, which then wait at every
-    barrier (measured on a 2-core machine: 0.66 img/s with one worker vs 1.45 without, VGG-16
-    fp32; benchmarks/RESULTS.md). On CUDA the CPU is otherwise idle, so decode in parallel.
-    """
-    if torch.device(device).type == "cpu":
-        return 0
-    return min(4, os.cpu_count() or 1)
-
-
-@dataclasses.dataclass
-class ExtractConfig:
-    """Extraction settings (the CLI's defaults come from here).
-
-    Attributes:
-        batch_size: images per forward pass (only images of equal size share a batch).
-        num_workers: DataLoader processes decoding images (0: decode in the main process; None:
-            automatic, see :func:`default_num_workers`).
-        device: torch device string.
-        half: store descriptors as float16 (computation stays float32 unless amp/bf16).
-        amp: autocast: float16 on CUDA, bfloat16 on CPU.
-        bf16: autocast to bfloat16 on any device (the fast CPU path on AVX512_BF16 machines).
-        skip_bad: record unreadable images (NaN rows, ``bad_images`` attribute) instead of stopping.
-        overwrite: replace an existing output from another model/image list.
-        max_side: override the model's preprocessing resize: None keeps the model's, a positive
-            value caps the longest side at that many pixels, 0 means native resolution (no resize,
-            even when the model's preprocessing has a max_side or a fixed resize; the benchmarks'
-            protocol).
-        model_ref: how to rebuild the model later (a preset name or a checkpoint's absolute path),
-            stored as the feature file's ``model_ref`` attribute so ``netvlad index build`` and
-            ``netvlad query`` need no --model. Provenance only: not part of the file's identity.
-        channels_last: NHWC memory format (20-35% faster on CPU with oneDNN).
-        tune_malloc: apply :func:`tune_malloc` when running on CPU.
-        progress: show a tqdm bar (images/s).
-    """
-
-    batch_size: int = 8
-    num_workers: int | None = None
-    device: str = "cpu"
-    half: bool = False
-    amp: bool = False
-    bf16: bool = False
-    skip_bad: bool = False
-    overwrite: bool = False
-    max_side: int | None = None
-    model_ref: str | None = None
-    channels_last: bool = True
-    tune_malloc: bool = True
-    progress: bool = True
-
-
-def tune_malloc() -> bool:
-    """Keep large freed blocks in glibc's heap instead of returning them to the OS.
-
-    Why: a CNN forward pass allocates and frees activation tensors of tens of MB per layer (VGG-16
-    at 480×640: up to 79 MB per image). glibc serves blocks above ``M_MMAP_THRESHOLD`` with a fresh
-    ``mmap`` and ``munmap``s them on free, so every layer pays page faults to zero new pages:
-    measured −20–25% throughput on this project's CPUs. Raising the mmap and trim thresholds makes
-    the heap keep and reuse that memory (what tcmalloc/jemalloc do). The cost is that peak memory
-    is not returned to the OS until the process exits. Process-wide and idempotent; a no-op (False)
-    where glibc's ``mallopt`` is unavailable.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
-    ok = libc.mallopt(m_mmap_threshold, 1 << 30)  # blocks up to 1 GiB come from the heap
-    ok &= libc.mallopt(m_trim_threshold, (1 << 31) - 1)  # never shrink the heap on free
-    ok &= libc.mallopt(m_top_pad, 64 << 20)  # grow the heap in 64 MiB steps
-    return bool(ok)
-
-
-def _image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the file header only (Pillow opens lazily)."""
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except FileNotFoundError as exc:
-        raise ImageLoadError(f"{path}: image not found") from exc
-    except UnidentifiedImageError as exc:
-        raise ImageLoadError(f"{path}: not an image Pillow can read") from exc
-    except (OSError, SyntaxError) as exc:
-        raise ImageLoadError(f"{path}: corrupt or truncated image ({exc})") from exc
-
-
-def plan_batches(sizes: Sequence[Any], batch_size: int) -> list[list[int]]:
+def plan_batches(sizes: Sequence[Any], batch_size: int, pixels: Sequence[int] | None = None,
+                 max_pixels: int | None = None) -> list[list[int]]:
     """Group image indices by size into batches of at most ``batch_size``.
 
     Buckets come in order of their first image, indices keep their order within a bucket, so a
     set of equal-size images is batched in file order. Deterministic: resuming relies on it.
+
+    With ``pixels`` (each image's network-input pixel count, equal within a bucket) and
+    ``max_pixels``, a batch also holds at most ``max_pixels`` pixels (always at least one image):
+    the memory of a forward pass grows with the pixels of the whole batch.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     buckets: dict[Any, list[int]] = {}
     for i, s in enumerate(sizes):
         buckets.setdefault(s, []).append(i)
-    return [b[j:j + batch_size] for b in buckets.values() for j in range(0, len(b), batch_size)]
+    plan = []
+    for b in buckets.values():
+        n = batch_size
+        if pixels is not None and max_pixels is not None and pixels[b[0]] > 0:
+            n = max(1, min(batch_size, max_pixels // pixels[b[0]]))
+        plan.extend(b[j:j + n] for j in range(0, len(b), n))
+    return plan
 
 
 class _ImageFiles(torch.utils.data.Dataset):
-    """Decodes and preprocesses one image; a bad file becomes (index, None, message)."""
+    """Decodes and preprocesses one image; a bad file becomes (index, None, message).
 
-    def __init__(self, paths: Sequence[Path], preprocess: Any):
+    An image over ``max_pixels`` is decoded straight to its downscaled size (JPEG: at reduced DCT
+    scale), or refused, from the size :class:`SizePolicy` gives for its decoded orientation.
+    """
+
+    def __init__(self, paths: Sequence[Path], policy: SizePolicy):
         self.paths = list(paths)
-        self.preprocess = preprocess
+        self.policy = policy
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
+        path, target = self.paths[i], None
+
+        def fit(h: int, w: int) -> tuple[int, int] | None:
+            nonlocal target
+            target = self.policy.check(path, h, w)[0]
+            return target
+
         try:
-            img = load_image(self.paths[i])
+            img = load_image(path, honour_exif=self.policy.cfg.exif_orientation, fit=fit)
         except ImageLoadError as exc:
             return i, None, str(exc)
-        return i, self.preprocess.apply(img), None
+        return i, fitted_preprocess(self.policy.pre, target).apply(img), None
 
 
 def _collate(items):
@@ -177,7 +95,7 @@ def _worker_init(_worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
-def _preprocess_for(model: torch.nn.Module, max_side: int | None) -> Any:
+def preprocess_for(model: torch.nn.Module, max_side: int | None) -> Any:
     """The model's Preprocess with ``ExtractConfig.max_side`` applied (None: as is, 0: no resize)."""
     pre = model.preprocess
     if max_side is None:
@@ -242,23 +160,49 @@ def _forward(model, x: torch.Tensor, cfg: ExtractConfig, device: torch.device) -
     return y.cpu().numpy()
 
 
+def _plan(model, paths: Sequence[Path], todo: np.ndarray, cfg: ExtractConfig
+          ) -> tuple[list[list[int]], list[tuple[int, str]]]:
+    """The batches of the images still to do, and the (row, reason) of those that are bad.
+
+    Every header is read (done images too: the plan must be the uninterrupted run's plan). A bad
+    or refused image still to do raises ImageLoadError unless ``cfg.skip_bad``; the downscale of an
+    oversize one is logged here, once, in the main process.
+    """
+    policy = SizePolicy(preprocess_for(model, cfg.max_side), cfg, model)
+    sizes: list[Any] = []
+    pixels: list[int] = []
+    bad: list[tuple[int, str]] = []
+    for i, p in enumerate(paths):
+        try:
+            hw = image_size(p, honour_exif=cfg.exif_orientation)
+            sizes.append(hw)
+            pixels.append(policy.pixels(*hw))
+            note = policy.check(p, *hw)[1] if todo[i] else None
+        except ImageLoadError as exc:
+            if len(sizes) == i:
+                sizes.append(("bad", i))  # a bucket of its own
+                pixels.append(0)
+            if todo[i] and not cfg.skip_bad:
+                raise
+            if todo[i]:
+                bad.append((i, str(exc)))
+            continue
+        if note:
+            logger.warning(note)
+    # A refused image keeps its size bucket so that redoing it later cannot move other batches.
+    skip = {i for i, _ in bad}
+    plan = [[i for i in b if todo[i] and i not in skip]
+            for b in plan_batches(sizes, cfg.batch_size, pixels, cfg.max_pixels)]
+    return [b for b in plan if b], bad
+
+
 def _iter_descriptors(model, paths: Sequence[Path], todo: np.ndarray, cfg: ExtractConfig,
                       desc: str) -> Iterator[tuple[list[int], np.ndarray | None, list[str]]]:
     """Yield ``(rows, descriptors len(rows)×D, [])`` per batch, or ``(rows, None, reasons)`` for bad
     images (raising ImageLoadError instead unless ``cfg.skip_bad``)."""
-    # Headers of every image (done ones too): the plan must be the uninterrupted run's plan.
-    sizes: list[Any] = []
-    for i, p in enumerate(paths):
-        try:
-            sizes.append(_image_size(p))
-        except ImageLoadError as exc:
-            sizes.append(("bad", i))  # a bucket of its own
-            if todo[i] and not cfg.skip_bad:
-                raise
-            if todo[i]:
-                yield [i], None, [str(exc)]
-    plan = [[i for i in b if todo[i] and sizes[i][0] != "bad"] for b in plan_batches(sizes, cfg.batch_size)]
-    plan = [b for b in plan if b]
+    plan, bad = _plan(model, paths, todo, cfg)
+    for i, reason in bad:
+        yield [i], None, [reason]
     if not plan:
         return
     device = torch.device(cfg.device)
@@ -266,8 +210,8 @@ def _iter_descriptors(model, paths: Sequence[Path], todo: np.ndarray, cfg: Extra
         tune_malloc()
     workers = default_num_workers(device) if cfg.num_workers is None else max(0, int(cfg.num_workers))
     loader = torch.utils.data.DataLoader(
-        _ImageFiles(paths, _preprocess_for(model, cfg.max_side)), batch_sampler=plan, num_workers=workers,
-        collate_fn=_collate, worker_init_fn=_worker_init if workers else None,
+        _ImageFiles(paths, SizePolicy(preprocess_for(model, cfg.max_side), cfg)), batch_sampler=plan,
+        num_workers=workers, collate_fn=_collate, worker_init_fn=_worker_init if workers else None,
         pin_memory=device.type == "cuda", prefetch_factor=2 if workers else None)
     total = sum(len(b) for b in plan)
     with _prepared(model, device, cfg.channels_last), torch.inference_mode(), \
@@ -322,7 +266,8 @@ def extract_features(model, paths: Sequence[str | Path], names: Sequence[str], o
         out: output ``.h5``; written as ``OUT.partial.h5`` and renamed when complete.
         config: :class:`ExtractConfig`; keyword ``overrides`` replace its fields
             (``batch_size=``, ``num_workers=``, ``device=``, ``half=``, ``amp=``, ``skip_bad=``,
-            ``max_side=`` (0: native resolution), ``model_ref=``, ...).
+            ``max_side=`` (0: native resolution), ``max_pixels=``, ``oversize=``,
+            ``exif_orientation=``, ``model_ref=``, ...).
         callback: called as ``callback(rows_done, num_images)`` after each stored batch.
 
     Returns:
@@ -332,8 +277,12 @@ def extract_features(model, paths: Sequence[str | Path], names: Sequence[str], o
 
     Raises:
         ValueError: empty image list, names/paths mismatch or duplicate names.
-        ImageLoadError: an unreadable image (names it), unless ``skip_bad``: then its row is NaN
-            and its name is listed in the file's ``bad_images`` attribute.
+        ImageLoadError: an unreadable image, a decompression bomb or (``oversize="refuse"``) an
+            image over ``max_pixels`` (names it), unless ``skip_bad``: then its row is NaN and its
+            name is listed in the file's ``bad_images`` attribute.
+
+    The file's ``preprocessing`` attribute is the model's preprocessing as applied (``max_side``
+    override included) plus ``max_pixels``, ``oversize`` and ``exif_orientation``.
     """
     cfg = _config(config, overrides)
     paths = [Path(p) for p in paths]
@@ -349,8 +298,12 @@ def extract_features(model, paths: Sequence[str | Path], names: Sequence[str], o
         dup = next(n for i, n in enumerate(names) if n in names[:i])
         raise ValueError(f"{out}: duplicate image name {dup!r}")
     _check_model(model)
-    pre = _preprocess_for(model, cfg.max_side)
-    attrs = {"fingerprint": model.fingerprint(), "preprocessing": _as_dict(pre),
+    pre = preprocess_for(model, cfg.max_side)
+    # How files become network inputs, beyond the model's Preprocess, is part of the file's identity:
+    # a rerun with another pixel bound or orientation rule must not reuse the descriptors.
+    image_rules = {"max_pixels": cfg.max_pixels, "oversize": cfg.oversize,
+                   "exif_orientation": bool(cfg.exif_orientation)}
+    attrs = {"fingerprint": model.fingerprint(), "preprocessing": {**_as_dict(pre), **image_rules},
              "model_config": _as_dict(getattr(model, "config", {})),
              "compute": _compute_type(cfg)}
     if cfg.model_ref:
@@ -387,7 +340,8 @@ def extract_features(model, paths: Sequence[str | Path], names: Sequence[str], o
 def compute_descriptors(model, paths: Sequence[str | Path], config: ExtractConfig | None = None,
                         **overrides) -> np.ndarray:
     """Descriptors of ``paths`` in memory: an N×out_dim float32 array (rows of bad images are NaN
-    with ``skip_bad=True``; otherwise a bad image raises ImageLoadError naming it).
+    with ``skip_bad=True``; otherwise a bad image raises ImageLoadError naming it). Bad images are
+    those :func:`extract_features` calls bad (unreadable, decompression bombs, refused oversize).
 
     Same batching and speed settings as :func:`extract_features` (``batch_size=``, ``device=``,
     ``progress=``, ... as keyword overrides of ``config``).
@@ -395,7 +349,7 @@ def compute_descriptors(model, paths: Sequence[str | Path], config: ExtractConfi
     cfg = _config(config, overrides)
     paths = [Path(p) for p in paths]
     _check_model(model)
-    _preprocess_for(model, cfg.max_side)  # a bad max_side fails before any image is read
+    preprocess_for(model, cfg.max_side)  # a bad max_side fails before any image is read
     result = np.full((len(paths), int(model.out_dim)), np.nan, dtype=np.float32)
     with contextlib.closing(_iter_descriptors(model, paths, np.ones(len(paths), bool), cfg,
                                               desc="descriptors")) as batches:
@@ -405,43 +359,3 @@ def compute_descriptors(model, paths: Sequence[str | Path], config: ExtractConfi
     return result
 
 
-def _to_uint8_rgb(image: Any) -> np.ndarray:
-    if isinstance(image, (str, Path)):
-        return load_image(image)
-    if isinstance(image, Image.Image):
-        return to_rgb_array(image)
-    if isinstance(image, torch.Tensor):
-        raise TypeError("compute_representation takes a path, PIL image or H×W×3 uint8 array, not a tensor")
-    arr = np.asarray(image)
-    if arr.dtype != np.uint8:
-        raise TypeError(f"image array must be uint8 (0-255), got {arr.dtype}; scale and convert it first")
-    if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (1, 2, 3, 4)):
-        if arr.ndim == 3 and arr.shape[2] == 3:
-            return np.ascontiguousarray(arr)
-        mode = {1: "L", 2: "LA", 4: "RGBA"}[1 if arr.ndim == 2 else arr.shape[2]]
-        return to_rgb_array(Image.fromarray(arr.reshape(arr.shape[:2]) if mode == "L" else arr, mode))
-    raise ValueError(f"image array must be H×W, H×W×1, H×W×3 or H×W×4, got shape {arr.shape}")
-
-
-def compute_representation(model, image: Any, device: str | torch.device | None = None,
-                           channels_last: bool = True) -> np.ndarray:
-    """One image's descriptor (MATLAB ``computeRepresentation``).
-
-    Args:
-        model: a ready PlaceModel.
-        image: a path, a PIL image (any mode) or an H×W(×1|3|4) uint8 array (grey is replicated,
-            alpha dropped). EXIF orientation is ignored, as in the datasets' protocols.
-        device: where to run (default: where the model's parameters are).
-
-    Returns:
-        (out_dim,) float32.
-    """
-    _check_model(model)
-    arr = _to_uint8_rgb(image)
-    x = model.preprocess.apply(arr)[None]
-    if device is None:
-        first = next(model.parameters(), None)
-        device = first.device if first is not None else "cpu"
-    cfg = ExtractConfig(device=str(device), channels_last=channels_last, progress=False)
-    with _prepared(model, device, channels_last) as dev, torch.inference_mode():
-        return _forward(model, x, cfg, dev)[0]

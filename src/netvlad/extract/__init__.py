@@ -1,0 +1,55 @@
+"""Run a place-recognition model over images in batches: in memory or into a resumable feature file.
+
+The MATLAB original (``serialAllFeats``) stacks images into batches, so sets of mixed image sizes
+need batch size 1. Here image sizes are read from file headers (cheap) and images of equal size
+are grouped into the same batches, so any set runs batched. The batch plan depends only on the
+image list, the sizes, the batch size and the pixel bound, so a resumed run computes exactly the
+batches the uninterrupted run would have (byte-identical descriptors).
+
+Memory is bounded per forward pass (``ExtractConfig.max_pixels``): a batch of equal-size images
+holds at most that many network-input pixels, and a single image above it is downscaled (JPEGs
+decoded at reduced scale) or refused; a decompression bomb is a bad image. EXIF orientation is a
+setting (off for datasets, as their protocols are).
+
+CPU speed (see docs/perf-facts.md): inference_mode, channels_last activations and weights, one
+process with torch's default thread count (one per core), JPEG decoding overlapped in DataLoader
+workers that use one thread each, and glibc malloc tuning (:func:`tune_malloc`).
+
+Parts: ``config`` (settings), ``sizing`` (the pixel bound and memory estimates), ``run`` (batched
+extraction), ``single`` (one image).
+"""
+
+from __future__ import annotations
+
+from netvlad.extract.config import (
+    DEFAULT_MAX_PIXELS,
+    OVERSIZE_MODES,
+    ExtractConfig,
+    default_num_workers,
+    tune_malloc,
+)
+from netvlad.extract.run import (
+    compute_descriptors,
+    extract_features,
+    plan_batches,
+    preprocess_for,
+)
+from netvlad.extract.single import ModelImageReader, compute_representation
+from netvlad.extract.sizing import estimate_forward_bytes, fit_size, forward_bytes_per_pixel
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "OVERSIZE_MODES",
+    "ExtractConfig",
+    "ModelImageReader",
+    "compute_descriptors",
+    "compute_representation",
+    "default_num_workers",
+    "estimate_forward_bytes",
+    "extract_features",
+    "fit_size",
+    "forward_bytes_per_pixel",
+    "plan_batches",
+    "preprocess_for",
+    "tune_malloc",
+]
