@@ -99,9 +99,9 @@ def test_recall_crop_dim_against_oracle():
     qc = q[:, :8] / (np.linalg.norm(q[:, :8], axis=1, keepdims=True) + 1e-12)
     np.testing.assert_allclose([res["recall"][n] for n in ns], _oracle_recall(qc, dbc, q_utm, db_utm, ns))
     assert res["dim"] == 8
-    with pytest.warns(UserWarning, match="crop dimension 64 exceeds the descriptor dimension 32"):
-        out = crop_to_dim(db, 64)
-    assert out.shape == (80, 32)
+    # testFromFn warns and evaluates uncropped; here that is an error (the result would carry the wrong D)
+    with pytest.raises(ValueError, match="crop dimension 64 exceeds the descriptor dimension 32"):
+        crop_to_dim(db, 64)
 
 
 def test_dedup_groups_and_exclusion_against_oracle():
@@ -406,21 +406,20 @@ def test_evaluate_cli_errors(tmp_path, capsys):
         "short.h5: 10 of the dataset's 60 database images are not in the feature file, e.g. db/0050.jpg"
         in err
     )
-    with pytest.warns(UserWarning, match="crop dimension 64 exceeds the descriptor dimension 16") as rec:
-        rc = main(
-            [
-                "evaluate",
-                "--dataset",
-                str(tmp_path / "ds.csv"),
-                "--db",
-                str(tmp_path / "db.h5"),
-                "--queries",
-                str(tmp_path / "q.h5"),
-                "--crop-dim",
-                "64",
-            ]
-        )
-    assert rc == 0 and len(rec) == 1
+    rc = main(
+        [
+            "evaluate",
+            "--dataset",
+            str(tmp_path / "ds.csv"),
+            "--db",
+            str(tmp_path / "db.h5"),
+            "--queries",
+            str(tmp_path / "q.h5"),
+            "--crop-dim",
+            "64",
+        ]
+    )
+    assert rc == 2 and "--crop-dim 64 exceeds the 16-D descriptors of" in capsys.readouterr().err
     (tmp_path / "bad.json").write_text("{}")
     assert main(["plot", str(tmp_path / "bad.json"), "--out", str(tmp_path / "p.png")]) == 2
     assert "bad.json: not an evaluate report" in capsys.readouterr().err

@@ -8,8 +8,11 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 _LAZY = {
-    "create_model": "netvlad.models",
-    "load_model": "netvlad.models",
+    # The weights versions: presets and checkpoints as netvlad.models, plus published models by name.
+    "create_model": "netvlad.weights",
+    "load_model": "netvlad.weights",
+    "list_weights": "netvlad.weights",
+    "load_pretrained": "netvlad.weights",
     "save_model": "netvlad.models",
     "list_presets": "netvlad.models",
     "PlaceModel": "netvlad.models",

@@ -278,8 +278,25 @@ def _iter_descriptors(model, paths: Sequence[Path], todo: np.ndarray, cfg: Extra
             if bad:
                 yield [i for i, _ in bad], None, [m for _, m in bad]
             for rows, x in groups:
-                yield rows, _forward(model, x, cfg, device), []
+                yield from _finite_or_bad(rows, _forward(model, x, cfg, device), paths, cfg.skip_bad)
             bar.update(sum(len(r) for r, _ in groups) + len(bad))
+
+
+def _finite_or_bad(rows: list[int], y: np.ndarray, paths: Sequence[Path], skip_bad: bool):
+    """Split a batch's descriptors into finite ones and bad images: a NaN/inf descriptor (fp16
+    overflow, a degenerate image) is never stored as a result (ValueError naming the image, or
+    with ``skip_bad`` a bad image: NaN row, listed in ``bad_images``)."""
+    ok = np.isfinite(y).all(axis=1)
+    if ok.all():
+        yield rows, y, []
+        return
+    bad = [r for r, good in zip(rows, ok) if not good]
+    why = "the model produced a non-finite (NaN/inf) descriptor for it"
+    if not skip_bad:
+        raise ValueError(f"{paths[bad[0]]}: {why}; skip_bad=True / --skip-bad records it as a bad image")
+    if ok.any():
+        yield [r for r, good in zip(rows, ok) if good], y[ok], []
+    yield bad, None, [why] * len(bad)
 
 
 def _config(config: ExtractConfig | None, overrides: dict) -> ExtractConfig:

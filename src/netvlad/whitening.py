@@ -8,16 +8,25 @@ The fit follows ``relja_PCA`` exactly: mean-centring, an (n − 1) covariance no
 
 `PCAParams` stores the eigen-decomposition (not the layer), so one fit serves every smaller
 output dimension, with or without whitening (see `PCAParams.layer`).
+
+Whitening divides each direction by its standard deviation, so directions the training set barely
+constrains (a dimension near the number of training images) are amplified noise: `dim_warning`
+says so, `variance_kept` tells how much the kept directions hold, and `select_dim` picks the
+dimension by validation recall@1, as the paper chooses its settings on the validation set.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from netvlad._atomic import atomic_write
+
+log = logging.getLogger(__name__)
 
 #: ``addPCA``'s ``nTrainCap``: at most this many database descriptors are used for the fit.
 DEFAULT_MAX_SAMPLES = 10000
@@ -29,6 +38,8 @@ WHITEN_EPS = 1e-9
 DUAL_EPS = 1e-9
 
 _FORMAT = "netvlad-pca"
+#: Dimensions :func:`select_dim` tries (the paper's 4096 and the cropToDim sizes it reports).
+DIM_CANDIDATES = (4096, 2048, 1024, 512, 256, 128)
 
 
 @dataclass
@@ -209,6 +220,85 @@ def fit_pca(
     return PCAParams(mean=mean, components=u, eigvals=lams[:dim].copy(), n_samples=n, all_eigvals=lams)
 
 
+def variance_kept(params: PCAParams, dim: int) -> float:
+    """Fraction of the training descriptors' total variance held by the first ``dim`` components."""
+    total = float(np.sum(params.all_eigvals if params.all_eigvals is not None else params.eigvals))
+    return float(np.sum(params.eigvals[: int(dim)])) / total if total > 0 else float("nan")
+
+
+def dim_warning(params: PCAParams, dim: int, whiten: bool = True) -> str | None:
+    """A sentence when whitening to ``dim`` exceeds half the training descriptors, else None.
+
+    Whitening scales every kept direction to unit variance; beyond about n/2 of n training images
+    the trailing directions are estimated from too few samples and whitening amplifies their
+    noise. Plain PCA only drops directions, so it gets no warning.
+    """
+    dim, n = int(dim), int(params.n_samples)
+    if not whiten or 2 * dim <= n:
+        return None
+    return (
+        f"whitening to {dim}-D with a fit on only {n} descriptors: dimensions beyond about {n // 2} "
+        f"(half the training images) are mostly noise that whitening amplifies; the {dim} kept "
+        f"components hold {100 * variance_kept(params, dim):.1f}% of the variance. Use a smaller "
+        "--dim, more training images, or --dim auto with a validation set"
+    )
+
+
+def candidate_dims(params: PCAParams, candidates: Sequence[int] = DIM_CANDIDATES) -> list[int]:
+    """The ``candidates`` this fit can serve: at most its stored components, below the input dim."""
+    return [int(c) for c in candidates if 1 <= int(c) <= params.max_dim and int(c) < params.in_dim]
+
+
+def project(params: PCAParams, x: np.ndarray, dim: int | None = None, whiten: bool = True) -> np.ndarray:
+    """What the model outputs once the layer is appended: (N, D) → (N, dim) float32 L2-normalised."""
+    y = params.transform(x, dim, whiten)
+    return (y / (np.linalg.norm(y, axis=1, keepdims=True) + 1e-12)).astype(np.float32)
+
+
+@dataclass
+class DimChoice:
+    """Result of :func:`select_dim`: the chosen dimension and the score of every candidate tried."""
+
+    dim: int
+    scores: dict[int, float] = field(default_factory=dict)
+
+
+def select_dim(
+    params: PCAParams,
+    val_db: np.ndarray,
+    val_q: np.ndarray,
+    score: Callable[[np.ndarray, np.ndarray], float],
+    candidates: Sequence[int] = DIM_CANDIDATES,
+    whiten: bool = True,
+) -> DimChoice:
+    """The output dimension with the best validation score among the candidates that fit.
+
+    Args:
+        params: the fit (on training descriptors).
+        val_db, val_q: (N, D) and (Q, D) validation descriptors of the model without the layer.
+        score: ``score(db, q)`` of projected descriptors, higher is better (e.g. recall@1 of
+            ``netvlad.metrics.evaluate_dataset`` on the validation set).
+        candidates: dimensions to try; those the fit cannot serve are skipped.
+        whiten: whitening or plain PCA.
+
+    Returns:
+        :class:`DimChoice`; ties go to the smaller dimension (cheaper, fewer noisy directions).
+
+    Raises:
+        ValueError: no candidate fits the fit.
+    """
+    dims = candidate_dims(params, candidates)
+    if not dims:
+        raise ValueError(
+            f"none of the dimensions {', '.join(map(str, candidates))} fits a fit of {params.max_dim} "
+            f"components on {params.in_dim}-D descriptors; give --dim explicitly"
+        )
+    scores = {d: float(score(project(params, val_db, d, whiten), project(params, val_q, d, whiten)))
+              for d in dims}
+    best = max(sorted(scores), key=lambda d: scores[d])  # sorted ascending: ties → smaller dim
+    return DimChoice(best, scores)
+
+
 def apply_whitening(model, params: PCAParams, dim: int | None = None, whiten: bool = True):
     """Append the PCA(-whitening) layer to `model` via ``model.set_whitening`` (Linear + L2).
 
@@ -217,6 +307,8 @@ def apply_whitening(model, params: PCAParams, dim: int | None = None, whiten: bo
         params: the fit.
         dim: output dimension (None = all stored components).
         whiten: whitening (``doWhite``) or plain PCA.
+
+    Logs :func:`dim_warning` when the dimension is large for the number of training samples.
 
     Returns:
         the model (modified in place).
@@ -229,5 +321,8 @@ def apply_whitening(model, params: PCAParams, dim: int | None = None, whiten: bo
     if current is not None and int(current) != params.in_dim:
         raise ValueError(f"apply_whitening: model output dim {current} != PCA input dim {params.in_dim}")
     weight, bias = params.layer(dim, whiten)
+    warning = dim_warning(params, weight.shape[0], whiten)
+    if warning:
+        log.warning(warning)
     model.set_whitening(torch.from_numpy(weight), torch.from_numpy(bias))
     return model

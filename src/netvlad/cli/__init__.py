@@ -33,17 +33,20 @@ def _command_modules():
         index_cmd,
         models_cmd,
         train_cmd,
+        weights_cmd,
     )
 
-    return [models_cmd, dataset_cmd, extract_cmd, eval_cmd, index_cmd, train_cmd, convert_cmd, demo_cmd]
+    return [models_cmd, dataset_cmd, extract_cmd, eval_cmd, index_cmd, train_cmd, convert_cmd, weights_cmd,
+            demo_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="netvlad",
         description="NetVLAD visual place recognition: models, datasets, extraction, search, "
-        "evaluation, weakly supervised training. MODEL is a preset name (see `netvlad models`) "
-        "or a checkpoint path; SPEC is a dataset file or folder in any supported format.",
+        "evaluation, weakly supervised training. MODEL is a preset name (see `netvlad models`), "
+        "a published model's name (see `netvlad weights list`) or a checkpoint path; SPEC is a dataset "
+        "file or folder in any supported format.",
     )
     parser.add_argument("--version", action="version", version=f"netvlad {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")

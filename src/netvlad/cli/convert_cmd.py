@@ -105,7 +105,10 @@ def register(sub) -> None:
         "Selection as hloc's --db_prefix/--db_list/--query_prefix/--query_list: a prefix keeps the names\n"
         "of the file that start with it (several prefixes: any of them); a list file names the images\n"
         "(first field of each line, '#' lines skipped; its last component may be a glob). Without\n"
-        "--queries one file holds both, selected by prefixes or lists.\n\n" + FEATS_HELP,
+        "--queries one file holds both, selected by prefixes or lists.\n\n"
+        "Neighbours are ranked by squared L2 distance, as NetVLAD's original search (the same order as\n"
+        "hloc's inner product on L2-normalised descriptors). Database and query files must come from the\n"
+        "same model unless --allow-mixed-models.\n\n" + FEATS_HELP,
         epilog="examples:\n"
         "  netvlad pairs --db db.h5 --queries q.h5 --k 50 --out pairs-netvlad.txt\n"
         "  netvlad pairs --db global-feats-netvlad.h5 --db-prefix db/ --query-prefix query/ --out pairs.txt\n"
@@ -131,6 +134,9 @@ def register(sub) -> None:
         "pairs_from_retrieval; 'none' keeps all K pairs of every query)",
     )
     p.add_argument("--out", type=Path, required=True, metavar="pairs.txt")
+    from netvlad.cli.eval_cmd import add_mixed_models_flag
+
+    add_mixed_models_flag(p)
     p.set_defaults(func=run_pairs)
 
 
@@ -174,7 +180,7 @@ def run_export(args) -> int:
         export_torchscript,
     )
     from netvlad.layers import UninitializedError
-    from netvlad.models import load_model
+    from netvlad.weights import load_model
 
     if args.onnx is None and args.torchscript is None:
         raise CLIError("nothing to do: give --onnx OUT.onnx and/or --torchscript OUT.pt")
@@ -239,7 +245,7 @@ def _selected(feats, prefix, list_file, role: str):
 
 
 def run_pairs(args) -> int:
-    from netvlad.cli.eval_cmd import feature_dim, read_feature_file
+    from netvlad.cli.eval_cmd import check_same_model, feature_dim, read_feature_file
     from netvlad.index import pairs_from_retrieval
 
     if args.k < 1:
@@ -252,6 +258,8 @@ def run_pairs(args) -> int:
         q = db
     else:
         q = read_feature_file(args.queries, args.query_names, "--query-names", dim)
+        if args.queries.resolve() != args.db.resolve():
+            check_same_model(args.db, db.fingerprint, args.queries, q.fingerprint, args.allow_mixed_models)
     db = _selected(db, args.db_prefix, args.db_list, "database")
     q = _selected(q, args.query_prefix, args.query_list, "query")
     if not len(db):

@@ -21,13 +21,15 @@ def register(sub) -> None:
         "evaluate",
         help="recall@N of feature files on a place-recognition dataset",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="recall@N exactly as the original testFromFn: exact L2 ranking of L2-normalised\n"
-        "descriptors, a hit when any database image within the positive radius (25 m) is in the top N,\n"
-        "every query in the denominator (no positive = failure), the dataset's rules applied (Tokyo 24/7\n"
-        "panorama de-duplication, TokyoTM same-timestamp exclusion) and a per-condition breakdown when\n"
-        "the dataset labels its queries (Tokyo 24/7 day/sunset/night).\n\n"
+        description="recall@N exactly as the original testFromFn: exact squared-L2 ranking (yael_nn; the\n"
+        "descriptors need not be L2-normalised), a hit when any database image within the positive\n"
+        "radius (25 m) is in the top N, every query in the denominator (no positive = failure), the\n"
+        "dataset's rules applied (Tokyo 24/7 panorama de-duplication, TokyoTM same-timestamp exclusion)\n"
+        "and a per-condition breakdown when the dataset labels its queries (Tokyo 24/7\n"
+        "day/sunset/night).\n\n"
         "Images that failed extraction (--skip-bad: NaN rows, bad_images attribute) are reported: such\n"
-        "a query counts as a failure, such a database image is never retrieved.\n\n"
+        "a query counts as a failure, such a database image is never retrieved. Database and query\n"
+        "files must come from the same model (same fingerprint) unless --allow-mixed-models.\n\n"
         + FEATS_HELP,
         epilog="examples:\n"
         "  netvlad evaluate --dataset pitts30k_test.mat --db f_db.h5 --queries f_query.h5\n"
@@ -69,6 +71,7 @@ def register(sub) -> None:
         help="keep the first D dimensions and re-normalise (after PCA whitening)",
     )
     p.add_argument("--sample", type=int, metavar="N", help="evaluate N queries drawn with seed 43")
+    add_mixed_models_flag(p)
     p.add_argument("--report", type=Path, metavar="R.json", help="write summary + per-query ranks and hits")
     p.add_argument("--plot", type=Path, metavar="R.png", help="write the recall@N curve")
     p.add_argument("--label", help="curve/report label (default: the dataset name and db file name)")
@@ -169,7 +172,7 @@ def feature_dim(dim: int | None, model: str | None) -> int | None:
         return dim
     if model is None:
         return None
-    from netvlad.models import load_model
+    from netvlad.weights import load_model
 
     return int(load_model(model).out_dim)
 
@@ -197,6 +200,42 @@ def read_feature_file(path: Path, names_file: Path | None, flag: str, dim: int |
         raise CLIError(f"{path}: a {'.npy' if where else '.bin'} file stores no image names: give "
                        f"{flag} FILE, the image list its rows follow{where}, one name per line")
     return load_global_features(path, dim=dim, names=names, names_from=names_from)
+
+
+def add_mixed_models_flag(p) -> None:
+    """``--allow-mixed-models`` on parser ``p`` (evaluate, pairs)."""
+    p.add_argument(
+        "--allow-mixed-models",
+        action="store_true",
+        help="compare database and query features written by different models (refused by default: "
+        "their descriptors live in different spaces)",
+    )
+
+
+def check_same_model(db_path: Path, db_fp: str | None, q_path: Path, q_fp: str | None,
+                     allow_mixed: bool = False) -> None:
+    """Refuse database and query features from two models (CLIError naming both fingerprints).
+
+    A file without a fingerprint (hloc, MATLAB .bin, or written without one) cannot be checked:
+    one warning says so. With ``allow_mixed`` a mismatch is a warning instead of an error.
+    """
+    unknown = [str(p) for p, fp in ((db_path, db_fp), (q_path, q_fp)) if not fp]
+    if unknown:
+        log.warning(
+            "%s: no model fingerprint (an hloc or MATLAB file, or one written without it): cannot "
+            "check that database and query descriptors come from the same model",
+            " and ".join(dict.fromkeys(unknown)),
+        )
+        return
+    if db_fp == q_fp:
+        return
+    msg = (
+        f"{db_path} (model fingerprint {db_fp[:16]}) and {q_path} (model fingerprint {q_fp[:16]}) "
+        "were written by different models: their descriptors are not comparable"
+    )
+    if not allow_mixed:
+        raise CLIError(f"{msg}; pass --allow-mixed-models to compare them anyway")
+    log.warning("%s; comparing them anyway (--allow-mixed-models)", msg)
 
 
 def _first_names(names: list[str], n: int = 5) -> str:
@@ -331,12 +370,19 @@ def run_evaluate(args) -> int:
         raise CLIError(f"--ns must be positive, got {args.ns}")
     if args.sample is not None and args.sample < 1:
         raise CLIError(f"--sample must be ≥ 1, got {args.sample}")
+    if args.crop_dim is not None and args.crop_dim < 1:
+        raise CLIError(f"--crop-dim must be ≥ 1 (omit it to keep every dimension), got {args.crop_dim}")
     ds = load_dataset(args.dataset)
     db_feats, q_feats = _read_eval_features(args, ds)
     db = align_features(db_feats, ds.db_images, "database")
+    if args.crop_dim is not None and args.crop_dim > db.shape[1]:
+        raise CLIError(f"--crop-dim {args.crop_dim} exceeds the {db.shape[1]}-D descriptors of {args.db}")
     q = align_features(q_feats, ds.query_images, "query")
     if db.shape[1] != q.shape[1]:
         raise CLIError(f"{args.db} has {db.shape[1]}-D descriptors but {args.queries} has {q.shape[1]}-D")
+    if args.queries is not None and args.queries.resolve() != args.db.resolve():
+        check_same_model(args.db, db_feats.fingerprint, args.queries, q_feats.fingerprint,
+                         args.allow_mixed_models)
     res = evaluate_dataset(ds, db, q, ns=args.ns, crop_dim=args.crop_dim, sample=args.sample)
     label = args.label or f"{ds.name} ({args.db.name}{f', {args.crop_dim}-D' if args.crop_dim else ''})"
     print(f"{label}: {res['num_queries']} queries, {res['num_db']} database images, {res['dim']}-D")
@@ -373,8 +419,8 @@ def run_plot(args) -> int:
 
 def run_benchmark(args) -> int:
     """`netvlad benchmark retrieval`."""
-    from netvlad.models import load_model
     from netvlad.retrieval import benchmark_retrieval
+    from netvlad.weights import load_model
 
     if args.max_side < 0:
         raise CLIError(f"--max-side must be >= 0 (0: native resolution), got {args.max_side}")

@@ -90,11 +90,12 @@ def list_images(root: Path, list_file: Path | None = None) -> list[str]:
 
 def model_reference(model: str) -> str:
     """What to record so that a later command can rebuild ``model`` (a MODEL argument): a preset
-    name as is (resolved as ``load_model`` does: an existing file wins), a checkpoint as an
-    absolute path, so the reference still works from another working directory."""
+    or published-weights name as is (resolved as ``load_model`` does: an existing file wins), a
+    checkpoint as an absolute path, so the reference still works from another working directory."""
     from netvlad.models import PRESETS
+    from netvlad.weights import published
 
-    if model in PRESETS and not Path(model).exists():
+    if (model in PRESETS or published(model) is not None) and not Path(model).exists():
         return model
     return str(Path(model).resolve())
 
@@ -128,7 +129,7 @@ def _jobs(args) -> list[tuple[list[Path], list[str], Path]]:
 def run(args) -> int:
     from netvlad import io
     from netvlad.extract import ExtractConfig, extract_features
-    from netvlad.models import load_model
+    from netvlad.weights import load_model
 
     if args.max_side is not None and args.max_side < 0:
         raise CLIError(f"--max-side must be >= 0 (0: native resolution), got {args.max_side}")

@@ -112,7 +112,7 @@ def run_build(args) -> int:
 
     model = None
     if args.model:
-        from netvlad.models import load_model
+        from netvlad.weights import load_model
 
         model = load_model(args.model)
     dim = feature_dim(args.dim, None)
@@ -167,9 +167,12 @@ def run_build(args) -> int:
         "hnsw_m": args.hnsw_m,
         "ef_search": args.ef_search,
     }
-    index = build_index(
-        desc, args.type, names=names, utm=utm, meta=meta, **({} if args.type == "exact" else params)
-    )
+    try:
+        index = build_index(
+            desc, args.type, names=names, utm=utm, meta=meta, **({} if args.type == "exact" else params)
+        )
+    except ValueError as exc:
+        raise CLIError(f"{args.features}: {exc}") from exc
     index.save(args.out)
     print(
         f"{args.out}: {args.type} index of {index.ntotal} {index.dim}-D descriptors"
@@ -238,7 +241,7 @@ def search_images(
 def run_query(args) -> int:
     """`netvlad query`."""
     from netvlad.index import load_index
-    from netvlad.models import load_model
+    from netvlad.weights import load_model
 
     if args.k < 1:
         raise CLIError(f"--k must be ≥ 1, got {args.k}")

@@ -114,10 +114,15 @@ def run_models(args) -> int:
 
 
 def _load(model: str, weights: str | None):
-    from netvlad.models import PRESETS, load_model
+    from netvlad.models import PRESETS
+    from netvlad.weights import load_model, published
 
-    preset = model in PRESETS and not Path(model).exists()
-    return load_model(model, weights=weights), f"{model} (preset)" if preset else str(model)
+    source = str(model)
+    if not Path(model).exists() and model in PRESETS:
+        source = f"{model} (preset)"
+    elif not Path(model).exists() and (entry := published(model)) is not None:
+        source = f"{model} (published by {entry.project}; licence: {entry.licence})"
+    return load_model(model, weights=weights), source
 
 
 def run_describe(args) -> int:

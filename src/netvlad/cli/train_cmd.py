@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -97,7 +98,9 @@ def register(sub) -> None:
     p.add_argument(
         "--weights",
         default=None,
-        help="backbone weights for a preset: 'imagenet', 'random' or a state-dict file",
+        metavar="FILE|imagenet|random",
+        help="backbone weights for a preset: 'imagenet' (download), a state-dict file, or 'random'; "
+        "required for presets that ship no weights (all but lite0), so that a random backbone is a choice",
     )
     p.add_argument("--resume", action="store_true", help="continue the run in --out from ckpt_latest.pt")
     p.add_argument(
@@ -126,7 +129,16 @@ def register(sub) -> None:
     p.add_argument("model", metavar="MODEL", help="preset name or checkpoint path")
     p.add_argument("--dataset", metavar="SPEC", required=True, help="training dataset (its database images)")
     p.add_argument("--images", metavar="DIR", help="image folder when the spec has none")
-    p.add_argument("--dim", type=int, default=4096, help="output dimension (pcaDim; default: 4096)")
+    p.add_argument(
+        "--dim",
+        type=_pca_dim,
+        default=4096,
+        metavar="D|auto",
+        help="output dimension (pcaDim; default: 4096); 'auto': the best validation recall@1 among "
+        "4096, 2048, 1024, 512, 256, 128 (those the fit can serve), needs --val",
+    )
+    p.add_argument("--val", metavar="SPEC", help="validation dataset for --dim auto")
+    p.add_argument("--val-images", metavar="DIR", help="image folder of --val")
     p.add_argument("--out", metavar="MODEL_OUT", type=Path, required=True, help="output checkpoint")
     p.add_argument("--no-whiten", dest="whiten", action="store_false", help="plain PCA (doWhite = false)")
     p.add_argument(
@@ -149,6 +161,15 @@ def register(sub) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+def _pca_dim(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}") from None
 
 
 def _config_from_args(args, base: TrainConfig) -> TrainConfig:
@@ -184,10 +205,24 @@ def _init_distributed(device: str) -> str:
     return device
 
 
+def _require_weights(model_spec: str, weights: str | None) -> None:
+    """Refuse to train a preset whose backbone would silently start from random weights."""
+    from netvlad.models import PRESETS
+
+    if weights is not None or model_spec not in PRESETS or Path(model_spec).exists():
+        return
+    if PRESETS[model_spec].pretrained is None:
+        raise CLIError(
+            f"--model {model_spec} ships no backbone weights: training would start from a random "
+            "backbone. Pass --weights imagenet (downloads torchvision's), --weights FILE (a backbone "
+            "state dict, e.g. from `netvlad convert`), or --weights random to do so knowingly"
+        )
+
+
 def run_train(args) -> int:
     from netvlad.data import load_dataset
-    from netvlad.models import load_model
     from netvlad.train import fit
+    from netvlad.weights import load_model
 
     run_dir: Path = args.out
     if args.resume:
@@ -213,6 +248,7 @@ def run_train(args) -> int:
             args.val_images,
         )
         model_spec, weights = args.model, args.weights
+        _require_weights(model_spec, weights)
     device = _init_distributed(args.device)
     model = load_model(model_spec, weights=weights)
     train_ds = load_dataset(train_spec, train_images)
@@ -269,60 +305,93 @@ def run_pick_best(args) -> int:
     return 0
 
 
-def run_pca(args) -> int:
+def _cached_descriptors(model, paths: list, cache_file: Path, args):
+    """Descriptors of ``paths`` (the unwhitened model's), reused from ``cache_file`` when it matches."""
     import numpy as np
 
-    from netvlad.data import load_dataset
     from netvlad.extract import compute_descriptors
-    from netvlad.models import load_model, save_model
-    from netvlad.whitening import PCAParams, apply_whitening, fit_pca, sample_indices
 
+    if cache_file.is_file():
+        desc = np.load(cache_file)
+        if desc.shape == (len(paths), model.out_dim):
+            return desc
+    desc = compute_descriptors(
+        model,
+        paths,
+        batch_size=args.batch_size,
+        device=args.device,
+        num_workers=args.workers,
+        progress=not args.no_progress,
+    )
+    atomic_write(cache_file, lambda tmp: np.save(tmp, desc), suffix=".tmp.npy")
+    return desc
+
+
+def _auto_dim(model, params, val_ds, cache: Path, args) -> tuple[int, dict[int, float]]:
+    """`--dim auto`: validation recall@1 of each candidate dimension; prints the table."""
+    from netvlad.metrics import evaluate_dataset
+    from netvlad.whitening import select_dim
+
+    key = f"pca_{model.fingerprint()[:12]}_val_{val_ds.name}_{val_ds.num_db}_{val_ds.num_queries}"
+    vdb = _cached_descriptors(model, val_ds.db_paths(), cache / f"{key}_db.npy", args)
+    vq = _cached_descriptors(model, val_ds.query_paths(), cache / f"{key}_q.npy", args)
+
+    def recall_at_1(db, q) -> float:
+        return evaluate_dataset(val_ds, db, q, ns=[1])["recall"][1]
+
+    choice = select_dim(params, vdb, vq, recall_at_1, whiten=args.whiten)
+    print(f"validation recall@1 on {val_ds.name} ({val_ds.num_queries} queries, "
+          f"{val_ds.num_db} database images):")
+    for d, r in choice.scores.items():
+        print(f"  {d:>5}-D  {100 * r:6.2f}%" + ("  <- chosen" if d == choice.dim else ""))
+    return choice.dim, choice.scores
+
+
+def run_pca(args) -> int:
+    from netvlad.data import load_dataset
+    from netvlad.models import save_model
+    from netvlad.weights import load_model
+    from netvlad.whitening import PCAParams, apply_whitening, fit_pca, sample_indices, variance_kept
+
+    auto = args.dim == "auto"
+    if auto and not args.val:
+        raise CLIError("--dim auto chooses the dimension by validation recall@1: give --val SPEC")
+    if args.val and not auto:
+        raise CLIError("--val is used by --dim auto only")
     model = load_model(args.model)
     if model.whitening is not None:
         raise CLIError(f"{args.model}: the model already has a PCA/whitening layer")
-    if args.dim < 1 or args.dim >= model.out_dim:
+    if not auto and (args.dim < 1 or args.dim >= model.out_dim):
         raise CLIError(f"--dim must be in [1, {model.out_dim - 1}] (below the descriptor dimension)")
     ds = load_dataset(args.dataset, args.images)
+    val_ds = load_dataset(args.val, args.val_images) if auto else None
     idx = sample_indices(ds.num_db, args.max_images, 43)
     cache = args.cache_dir or args.out.parent
     cache.mkdir(parents=True, exist_ok=True)
     key = f"pca_{model.fingerprint()[:12]}_{ds.name}_{len(idx)}"
-    fit_file, desc_file = cache / f"{key}.npz", cache / f"{key}_descs.npy"
+    fit_file = cache / f"{key}.npz"
     params = PCAParams.load(fit_file) if fit_file.is_file() else None
-    if params is None or params.max_dim < args.dim:
-        if desc_file.is_file():
-            desc = np.load(desc_file)
-        else:
-            paths = ds.db_paths()
-            desc = compute_descriptors(
-                model,
-                [paths[i] for i in idx],
-                batch_size=args.batch_size,
-                device=args.device,
-                num_workers=args.workers,
-                progress=not args.no_progress,
-            )
-            atomic_write(desc_file, lambda tmp: np.save(tmp, desc), suffix=".tmp.npy")
+    want = 1 if auto else args.dim  # every fit keeps >= 4096 components where it can: enough for auto
+    if params is None or params.max_dim < want:
+        paths = ds.db_paths()
+        desc = _cached_descriptors(model, [paths[i] for i in idx], cache / f"{key}_descs.npy", args)
         # Keep at least 4096 components (the paper's pcaDim) so later smaller --dim reuse the fit.
-        keep = min(max(args.dim, 4096), desc.shape[1], desc.shape[0])
-        params = fit_pca(desc, dim=max(keep, args.dim), max_samples=None)
+        keep = min(max(want, 4096), desc.shape[1], desc.shape[0])
+        params = fit_pca(desc, dim=max(keep, want), max_samples=None)
         params.save(fit_file)
-    apply_whitening(model, params, args.dim, whiten=args.whiten)
-    save_model(
-        model,
-        args.out,
-        extra={
-            "pca": {
-                "dim": args.dim,
-                "whiten": args.whiten,
-                "dataset": ds.name,
-                "n_samples": params.n_samples,
-                "fit": fit_file.name,
-            }
-        },
-    )
+    scores = None
+    dim = args.dim
+    if auto:
+        dim, scores = _auto_dim(model, params, val_ds, cache, args)
+    apply_whitening(model, params, dim, whiten=args.whiten)  # logs a warning for a too-large dim
+    pca_info = {"dim": dim, "whiten": args.whiten, "dataset": ds.name, "n_samples": params.n_samples,
+                "fit": fit_file.name}
+    if scores is not None:
+        pca_info["val"] = {"dataset": val_ds.name, "recall@1": {str(d): r for d, r in scores.items()}}
+    save_model(model, args.out, extra={"pca": pca_info})
     print(
-        f"saved {args.out} ({'whitened' if args.whiten else 'PCA'} {args.dim}-d, fit on {params.n_samples} "
-        f"descriptors, cached in {fit_file})"
+        f"saved {args.out} ({'whitened' if args.whiten else 'PCA'} {dim}-d, fit on {params.n_samples} "
+        f"descriptors, the kept components hold {100 * variance_kept(params, dim):.1f}% of the variance, "
+        f"cached in {fit_file})"
     )
     return 0

@@ -19,7 +19,8 @@ Checks (severity in brackets; errors make ``netvlad dataset check`` exit 1):
   images]: a query file also listed in the database (same resolved path, or byte-identical file).
 - ``few-negatives`` [warning, error when ``min_negatives`` is set explicitly]: queries with fewer
   than ``min_negatives`` negatives (training samples nNegChoice = 1000 of them per query).
-- ``duplicate-name`` [warning]: the same image listed twice in the database.
+- ``duplicate-name`` [error]: the same image listed twice in the database (or among the queries):
+  a feature file holds one row per name, so ``netvlad extract`` refuses such a list.
 """
 
 from __future__ import annotations
@@ -252,9 +253,11 @@ def check_dataset(ds: PlaceDataset, config: CheckConfig | None = None) -> Doctor
                 [ds.query_images[q] for q in few],
             )
 
-    dups = [n for n, c in Counter(ds.db_images).items() if c > 1]
-    if dups:
-        rep.add("warning", "duplicate-name", f"{len(dups)} database name(s) listed more than once", dups)
+    for role, listed in (("database", ds.db_images), ("query", ds.query_images)):
+        dups = [n for n, c in Counter(listed).items() if c > 1]
+        if dups:
+            rep.add("error", "duplicate-name", f"{len(dups)} {role} name(s) listed more than once (a feature "
+                    "file holds one row per name: `netvlad extract` refuses the list)", dups)
 
     if cfg.check_images or ds.db_root.resolve() == ds.query_root.resolve():
         same = _same_files(ds) if cfg.check_images else [n for n in ds.query_images if n in set(ds.db_images)]

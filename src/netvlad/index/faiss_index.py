@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from netvlad.index.exact import _check_finite, topk
+from netvlad.index.exact import _check_finite, check_unit_norm, topk
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,8 @@ def build_index(
     Kinds (perf-facts §3): "exact" (our blockwise :func:`topk`, no FAISS), "flat" (faiss
     IndexFlatIP, exact), "ivfflat" (IVF + nprobe), "ivfpq" (IVF-PQ with an exact
     IndexRefineFlat re-rank of ``refine_k_factor``·k candidates), "hnsw" (IndexHNSWFlat).
-    All rank by inner product, i.e. by L2 on L2-normalised descriptors.
+    All rank by inner product, i.e. by L2 on L2-normalised descriptors; rows that are not
+    unit-norm (beyond float16 rounding) are refused, since there the two orders differ.
 
     Args:
         desc: N×D database descriptors (L2-normalised, finite: NaN rows of images that failed
@@ -211,6 +212,7 @@ def build_index(
         utm = np.asarray(utm, dtype=np.float64)
         if utm.shape != (n, 2):
             raise ValueError(f"utm must be {n}×2, got shape {utm.shape}")
+    check_unit_norm(x, "database")
     out = SearchIndex(
         kind=kind, dim=d, names=list(names) if names is not None else None, utm=utm, meta=dict(meta or {})
     )

@@ -107,7 +107,7 @@ def mean_average_precision(
 def _full_ranking(db: np.ndarray, q: np.ndarray, block: int | None) -> np.ndarray:
     from netvlad.index import topk
 
-    return topk(q, db, db.shape[0], block=block)[1]
+    return topk(q, db, db.shape[0], block=block, metric="l2")[1]
 
 
 def evaluate_map(
@@ -121,7 +121,7 @@ def evaluate_map(
     """mAP of a retrieval benchmark: rank all database images by L2 (exact, full sort), then AP.
 
     Args:
-        db_desc: N×D database descriptors (L2-normalised).
+        db_desc: N×D database descriptors (ranked by squared L2, normalised or not).
         q_desc: Q×D query descriptors.
         protocols: {name: (positives, junk, num_positives or None)}, Q entries each; e.g.
             {"default": ...} for Oxford/Paris/Holidays, {"easy", "medium", "hard"} for revisited.

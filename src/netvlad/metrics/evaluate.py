@@ -41,7 +41,8 @@ def evaluate(
 ) -> dict:
     """recall@N of query descriptors against a database (testCore + recallAtN, spec §1.11).
 
-    Exact squared-L2 ranking of L2-normalised descriptors (ties: smaller database id first).
+    Exact squared-L2 ranking, as the original's ``yael_nn``, whether or not the rows are
+    L2-normalised (ties: smaller database id first).
     NaN rows (images that failed extraction with ``skip_bad``): a NaN database image is never
     ranked; a NaN query retrieves nothing and counts as a failure (it stays in the denominator).
 
@@ -50,7 +51,8 @@ def evaluate(
         q_desc: Q×D query descriptors.
         positives: Q arrays of positive database ids (within the evaluation radius).
         ns: the Ns (default 1–5, 10–100 step 5).
-        crop_dim: keep the first D dimensions and re-normalise (warns if D exceeds the dimension).
+        crop_dim: keep the first D dimensions and re-normalise (ValueError if D exceeds the
+            dimension: the original's warn-and-ignore would label results with the wrong D).
         groups: (N,) group id per database image: keep the first image of each group in each
             ranked list (Tokyo 24/7 panoramas; retrieves 12·max(ns) first, as the original).
         exclude: Q arrays of database ids removed from each query's list (TokyoTM same-timestamp
@@ -100,10 +102,10 @@ def evaluate(
     if not db_ok.any():
         raise ValueError(f"all {db.shape[0]} database descriptors are NaN (images that failed extraction)")
     if db_ok.all() and q_ok.all():
-        _, ranked = topk(q, db, n_top * factor, block=block)
+        _, ranked = topk(q, db, n_top * factor, block=block, metric="l2")
     else:
         db_ids = np.flatnonzero(db_ok)
-        _, r = topk(q[q_ok], db[db_ok], n_top * factor, block=block)
+        _, r = topk(q[q_ok], db[db_ok], n_top * factor, block=block, metric="l2")
         ranked = np.full((q.shape[0], r.shape[1]), -1, np.int64)
         ranked[q_ok] = db_ids[r]
     if exclude is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -126,36 +125,36 @@ def recall_at_n(
 def crop_to_dim(desc: np.ndarray, dim: int | None) -> np.ndarray:
     """Keep the first ``dim`` dimensions and L2-normalise rows with x/(‖x‖ + 1e-12) (cropToDim).
 
-    Meaningful after PCA, whose dimensions are sorted by variance. If ``dim`` exceeds the
-    dimension, warn and return the descriptors unchanged (as testFromFn does).
+    Meaningful after PCA, whose dimensions are sorted by variance. Unlike testFromFn, which warns
+    and evaluates uncropped when ``dim`` exceeds the dimension (results then carry the wrong
+    dimension), that is an error here.
 
     Args:
         desc: N×D array.
         dim: target dimension, or None/0 for no cropping.
 
     Returns:
-        N×min(dim, D) float32.
+        N×dim float32.
+
+    Raises:
+        ValueError: ``dim`` negative or larger than D.
     """
     desc = np.asarray(desc, dtype=np.float32)
+    dim = _check_crop(dim, desc.shape[1])
     if not dim:
-        return desc
-    if dim > desc.shape[1]:
-        warnings.warn(
-            f"crop dimension {dim} exceeds the descriptor dimension {desc.shape[1]}; not cropping",
-            stacklevel=2,
-        )
         return desc
     x = desc[:, :dim]
     return (x / (np.linalg.norm(x, axis=1, keepdims=True) + np.float32(1e-12))).astype(np.float32)
 
 
 def _check_crop(crop_dim: int | None, dim: int) -> int | None:
-    # Warn once per evaluation (not once per matrix) and then evaluate uncropped, as testFromFn.
+    if crop_dim is not None and crop_dim < 0:
+        raise ValueError(f"crop dimension must be ≥ 0 (0: no cropping), got {crop_dim}")
     if crop_dim and crop_dim > dim:
-        warnings.warn(
-            f"crop dimension {crop_dim} exceeds the descriptor dimension {dim}; not cropping", stacklevel=3
+        raise ValueError(
+            f"crop dimension {crop_dim} exceeds the descriptor dimension {dim}: cannot keep "
+            f"{crop_dim} of {dim} dimensions"
         )
-        return None
     return crop_dim or None
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from netvlad._atomic import atomic_write
+from netvlad._sniff import describe, sniff
 from netvlad.models.config import PRESETS, ModelConfig
 from netvlad.models.model import PlaceModel, create_model
 
@@ -45,49 +46,82 @@ def save_model(model: PlaceModel, path: str | Path, extra: dict[str, Any] | None
     return path
 
 
+#: What :func:`load_checkpoint` can open, by content (:func:`netvlad._sniff.sniff`).
+_TORCH_KINDS = ("torch-zip", "torch-legacy", "pickle")
+
+
 def load_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, Any]]:
     """Read a checkpoint without building the model → (config, state_dict, extra).
 
-    Torch files load with ``weights_only=True``: a file that would need to run code is refused.
+    The file is recognised by content, not by suffix: a safetensors file or a torch file. Torch
+    files load with ``weights_only=True``: a file that would need to run code is refused.
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not a netvlad checkpoint, a newer format version, or unsafe content.
+        ValueError: not a checkpoint at all (says what the file is instead), not a netvlad
+            checkpoint, a newer format version, unsafe content, or a NaN/inf weight (names the
+            first such tensor: a model that would write all-NaN descriptors).
     """
     path = Path(path)
-    if not path.is_file():
+    kind = sniff(path)
+    if kind == "missing":
         raise FileNotFoundError(f"{path}: checkpoint not found")
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                state = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as exc:  # safetensors raises its own error types
-            raise ValueError(f"{path}: not a readable safetensors file ({exc})") from exc
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{path}: safetensors file without netvlad config metadata "
-                             "(a bare state dict? see `netvlad convert`)")
-        payload = {"format": FORMAT, "version": int(meta.get("version", 0)),
-                   "config": json.loads(meta["config"]), "state_dict": state,
-                   "extra": json.loads(meta.get("extra", "{}"))}
+    if kind == "safetensors":
+        payload = _read_safetensors(path)
+    elif kind in _TORCH_KINDS:
+        payload = _read_torch(path)
     else:
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            first = str(exc).splitlines()[0]
-            raise ValueError(f"{path}: refused to load: the file holds objects that weights_only "
-                             f"loading does not allow (it could run code): {first}") from exc
-        except (RuntimeError, EOFError) as exc:
-            raise ValueError(f"{path}: not a readable torch checkpoint ({exc})") from exc
+        hint = "; a MATLAB model needs `netvlad convert` first" if kind.startswith("matlab") else ""
+        raise ValueError(f"{path}: {describe(kind)}, not a model checkpoint (expected a netvlad "
+                         f"checkpoint: a PyTorch .pt or a .safetensors file){hint}")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path}: not a netvlad checkpoint (no format={FORMAT!r}); a bare state dict "
                          "or a foreign model needs `netvlad convert` first")
     if int(payload.get("version", 0)) > VERSION:
         raise ValueError(f"{path}: checkpoint version {payload['version']} is newer than this netvlad "
                          f"supports ({VERSION}); upgrade netvlad")
-    return ModelConfig.from_dict(payload["config"]), payload["state_dict"], payload.get("extra") or {}
+    state = payload["state_dict"]
+    _check_finite_state(path, state)
+    return ModelConfig.from_dict(payload["config"]), state, payload.get("extra") or {}
+
+
+def _read_safetensors(path: Path) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises its own error types
+        raise ValueError(f"{path}: not a readable safetensors file ({exc})") from exc
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: safetensors file without netvlad config metadata "
+                         "(a bare state dict? see `netvlad convert`)")
+    return {"format": FORMAT, "version": int(meta.get("version", 0)),
+            "config": json.loads(meta["config"]), "state_dict": state,
+            "extra": json.loads(meta.get("extra", "{}"))}
+
+
+def _read_torch(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).splitlines()[0]
+        raise ValueError(f"{path}: refused to load: the file holds objects that weights_only "
+                         f"loading does not allow (it could run code): {first}") from exc
+    except (RuntimeError, EOFError) as exc:
+        raise ValueError(f"{path}: not a readable torch checkpoint ({exc})") from exc
+
+
+def _check_finite_state(path: Path, state: dict[str, Any]) -> None:
+    """ValueError naming the first tensor holding NaN/inf: such a model describes every image as NaN."""
+    for name, t in state.items():
+        if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex()):
+            finite = torch.isfinite(t)
+            if not bool(finite.all()):
+                bad = int((~finite).sum())
+                raise ValueError(f"{path}: tensor {name!r} holds {bad} NaN/inf value(s) of {t.numel()} "
+                                 "(a diverged or corrupt model); refusing to load it")
 
 
 def load_model(
