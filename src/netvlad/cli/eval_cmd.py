@@ -343,21 +343,24 @@ def plot_curves(curves: list[tuple[str, list[int], list[float]]], out: Path, tit
     return out
 
 
-def _read_eval_features(args, ds):
-    """The --db and --queries files (the same one when --queries is omitted)."""
-    dim = feature_dim(args.dim, args.model)
+def _read_eval_db(args, ds, dim: int | None):
+    """The --db file."""
     db = read_feature_file(args.db, args.db_names, "--db-names", dim, list(ds.db_images),
                            "the dataset's database list")
-    if args.queries is not None:
-        q = read_feature_file(args.queries, args.query_names, "--query-names", dim, list(ds.query_images),
-                              "the dataset's query list")
-        return db, q
-    if args.query_names is not None:
-        raise CLIError("--query-names names the rows of a --queries file; give --queries too")
-    if db.names_from != "the file" and args.db_names is None:
+    if args.queries is None and db.names_from != "the file" and args.db_names is None:
         raise CLIError(f"{args.db}: its rows are the dataset's database images only; give the query "
                        "features with --queries")
-    return db, db
+    return db
+
+
+def _read_eval_queries(args, ds, dim: int | None, db):
+    """The --queries file, or the --db file ``db`` when --queries is omitted."""
+    if args.queries is not None:
+        return read_feature_file(args.queries, args.query_names, "--query-names", dim,
+                                 list(ds.query_images), "the dataset's query list")
+    if args.query_names is not None:
+        raise CLIError("--query-names names the rows of a --queries file; give --queries too")
+    return db
 
 
 def run_evaluate(args) -> int:
@@ -373,10 +376,12 @@ def run_evaluate(args) -> int:
     if args.crop_dim is not None and args.crop_dim < 1:
         raise CLIError(f"--crop-dim must be ≥ 1 (omit it to keep every dimension), got {args.crop_dim}")
     ds = load_dataset(args.dataset)
-    db_feats, q_feats = _read_eval_features(args, ds)
+    dim = feature_dim(args.dim, args.model)
+    db_feats = _read_eval_db(args, ds, dim)
     db = align_features(db_feats, ds.db_images, "database")
     if args.crop_dim is not None and args.crop_dim > db.shape[1]:
         raise CLIError(f"--crop-dim {args.crop_dim} exceeds the {db.shape[1]}-D descriptors of {args.db}")
+    q_feats = _read_eval_queries(args, ds, dim, db_feats)
     q = align_features(q_feats, ds.query_images, "query")
     if db.shape[1] != q.shape[1]:
         raise CLIError(f"{args.db} has {db.shape[1]}-D descriptors but {args.queries} has {q.shape[1]}-D")
