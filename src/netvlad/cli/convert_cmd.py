@@ -3,9 +3,9 @@ parity check) and ``pairs`` (hloc's pairs-from-retrieval file)."""
 
 from __future__ import annotations
 
+import argparse
+import logging
 from pathlib import Path
-
-import numpy as np
 
 from netvlad._atomic import atomic_write_text
 from netvlad._outputs import (
@@ -17,8 +17,12 @@ from netvlad._outputs import (
 )
 from netvlad.cli import CLIError
 
+log = logging.getLogger(__name__)
+
 #: hloc's default number of retrieved database images per query (pairs_from_retrieval ``num_matched``).
 DEFAULT_NUM_PAIRS = 50
+#: hloc's pairs_from_retrieval script drops pairs scoring below 0 (``min_score=0``).
+DEFAULT_MIN_SCORE = 0.0
 
 
 def register(sub) -> None:
@@ -105,21 +109,48 @@ def register(sub) -> None:
                    help="replace output files that are not ONNX / TorchScript files (never MODEL)")
     p.set_defaults(func=run_export)
 
+    from netvlad.cli.eval_cmd import FEATS_HELP, add_feature_file_options
+
     p = sub.add_parser(
         "pairs",
         help="write hloc's pairs-from-retrieval file from global descriptors",
-        description="For each query (in file order; sorted names for an hloc file) write its K nearest "
-        "database images, best first, one "
-        "'query_name db_name' pair per line (hloc's pairs_from_retrieval format). FEATS are netvlad feature "
-        "files or hloc global-descriptor files. As in hloc, a database image with the query's own name is "
-        "skipped. Neighbours are ranked by squared L2 distance, as NetVLAD's original search (the same "
-        "order as hloc's inner product on L2-normalised descriptors). Database and query files must come "
-        "from the same model unless --allow-mixed-models.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="For each query write its K nearest database images, best first, one\n"
+        "'query_name db_name' pair per line (hloc's pairs_from_retrieval format and selection).\n"
+        "Queries come in file order (sorted names for an hloc file), or in list order with --query-list.\n"
+        "As in hloc, a database image with the query's own name is skipped, and pairs whose similarity\n"
+        "(inner product of the L2-normalised descriptors) is below --min-score (default 0: hloc drops\n"
+        "negative similarities) are dropped, so such a query gets fewer than K pairs.\n\n"
+        "Selection as hloc's --db_prefix/--db_list/--query_prefix/--query_list: a prefix keeps the names\n"
+        "of the file that start with it (several prefixes: any of them); a list file names the images\n"
+        "(first field of each line, '#' lines skipped; its last component may be a glob). Without\n"
+        "--queries one file holds both, selected by prefixes or lists.\n\n"
+        "Neighbours are ranked by squared L2 distance, as NetVLAD's original search (the same order as\n"
+        "hloc's inner product on L2-normalised descriptors). Database and query files must come from the\n"
+        "same model unless --allow-mixed-models.\n\n" + FEATS_HELP,
+        epilog="examples:\n"
+        "  netvlad pairs --db db.h5 --queries q.h5 --k 50 --out pairs-netvlad.txt\n"
+        "  netvlad pairs --db global-feats-netvlad.h5 --db-prefix db/ --query-prefix query/ --out pairs.txt\n"
+        "  netvlad pairs --db db.bin --queries q.bin --dim 4096 --db-names db.txt --query-names q.txt \\\n"
+        "      --min-score none --out pairs.txt",
     )
-    p.add_argument("--db", type=Path, required=True, metavar="FEATS")
-    p.add_argument("--queries", type=Path, required=True, metavar="FEATS")
+    p.add_argument("--db", type=Path, required=True, metavar="FEATS", help="database feature file")
+    p.add_argument("--queries", type=Path, metavar="FEATS",
+                   help="query feature file (default: --db, as hloc's descriptors/db_descriptors)")
+    add_feature_file_options(p, ("rows of a --db .bin/.npy file", "rows of a --queries .bin/.npy file"))
+    for role, flag in (("database", "db"), ("query", "query")):
+        g = p.add_mutually_exclusive_group()
+        g.add_argument(f"--{flag}-prefix", nargs="+", metavar="PREFIX",
+                       help=f"{role} images: the file's names starting with PREFIX (hloc's {flag}_prefix)")
+        g.add_argument(f"--{flag}-list", type=Path, metavar="FILE",
+                       help=f"{role} images: the names listed in FILE (hloc's {flag}_list)")
     p.add_argument(
         "--k", type=int, default=DEFAULT_NUM_PAIRS, help=f"pairs per query (default {DEFAULT_NUM_PAIRS})"
+    )
+    p.add_argument(
+        "--min-score", type=_min_score, default=DEFAULT_MIN_SCORE, metavar="S",
+        help=f"drop pairs whose similarity is below S (default {DEFAULT_MIN_SCORE:g}, as hloc's "
+        "pairs_from_retrieval; 'none' keeps all K pairs of every query)",
     )
     p.add_argument("--out", type=Path, required=True, metavar="pairs.txt")
     from netvlad.cli.eval_cmd import add_mixed_models_flag
@@ -219,57 +250,30 @@ def run_export(args) -> int:
 # --------------------------------------------------------------------------- pairs
 
 
-def _read_global(path: Path) -> tuple[list[str], np.ndarray, str | None]:
-    """Names, N×D descriptors and model fingerprint (None for hloc files) of a netvlad feature file
-    or an hloc global-feature file."""
-    from netvlad.io import FeatureFileError, read_features, read_hloc
-
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: feature file not found")
+def _min_score(text: str) -> float | None:
+    if text.lower() in ("none", "off"):
+        return None
     try:
-        names, desc, attrs = read_features(path)
-        fingerprint = attrs.get("fingerprint") or None
-    except FeatureFileError as first:
-        try:
-            names, desc = read_hloc(path)
-            fingerprint = None
-        except FeatureFileError:
-            raise first from None
-    keep = np.isfinite(desc).all(axis=1)  # rows of images that failed extraction are NaN
-    names = [n for n, k in zip(names, keep) if k]
-    return names, np.ascontiguousarray(desc[keep], dtype=np.float32), fingerprint
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
 
 
-def pairs_from_retrieval(
-    query_names: list[str], query_desc: np.ndarray, db_names: list[str], db_desc: np.ndarray, k: int
-) -> list[tuple[str, str]]:
-    """hloc's pairs: per query (in order) its ``k`` nearest database names by squared L2, best first.
+def _selected(feats, prefix, list_file, role: str):
+    """The rows of ``feats`` that hloc's prefix/list selection keeps, NaN rows left out (warned)."""
+    import dataclasses
 
-    Squared L2 is NetVLAD's ranking (``yael_nn``); on L2-normalised database rows it is also hloc's
-    inner-product order, and unlike inner product it stays right on rows that are not normalised.
-    A database entry with the query's own name is never paired with it (hloc masks these).
+    from netvlad.io import align_features, read_image_lists, select_names
 
-    Args:
-        query_names: Q names; query_desc: Q×D.
-        db_names: N names; db_desc: N×D.
-        k: pairs per query (fewer when the database is smaller).
-    """
-    from netvlad.index import topk
-
-    if query_desc.shape[1] != db_desc.shape[1]:
-        raise ValueError(
-            f"query descriptors are {query_desc.shape[1]}-D but database ones {db_desc.shape[1]}-D"
-        )
-    if not len(query_names) or not len(db_names):
-        return []
-    db_index = {n: i for i, n in enumerate(db_names)}
-    overlap = any(n in db_index for n in query_names)
-    _, ids = topk(query_desc, db_desc, min(k + int(overlap), len(db_names)), metric="l2")
-    pairs = []
-    for qi, q in enumerate(query_names):
-        row = [db_names[j] for j in ids[qi] if j >= 0 and db_names[j] != q]
-        pairs.extend((q, d) for d in row[:k])
-    return pairs
+    listed = read_image_lists(list_file) if list_file is not None else None
+    names = select_names(feats.names, prefix, listed, what=str(feats.path))
+    wanted_from = f"{list_file}'s" if list_file is not None else "the selected"
+    desc = align_features(feats, names, role, wanted_from=wanted_from)
+    kept, dropped = dataclasses.replace(feats, names=names, descriptors=desc).finite()
+    if dropped:
+        log.warning("%s: %d %s image(s) with NaN descriptors (failed extraction) left out: %s", feats.path,
+                    len(dropped), role, ", ".join(dropped[:5]) + (" ..." if len(dropped) > 5 else ""))
+    return kept
 
 
 def is_pairs_file(path: Path) -> bool:
@@ -283,26 +287,39 @@ def is_pairs_file(path: Path) -> bool:
 
 
 def run_pairs(args) -> int:
+    from netvlad.cli.eval_cmd import check_same_model, feature_dim, read_feature_file
+    from netvlad.index import pairs_from_retrieval
+
     if args.k < 1:
         raise CLIError(f"--k must be >= 1, got {args.k}")
-    from netvlad.cli.eval_cmd import check_same_model
-
-    check_output_file(args.out, inputs=[("--db", args.db), ("--queries", args.queries)],
-                      is_ours=is_pairs_file, kind="pairs file", overwrite=args.overwrite)
-    db_names, db_desc, db_fp = _read_global(args.db)
-    q_names, q_desc, q_fp = _read_global(args.queries)
-    if not db_names:
+    inputs = [("--db", args.db), ("--queries", args.queries), ("--db-names", args.db_names),
+              ("--query-names", args.query_names), ("--db-list", args.db_list),
+              ("--query-list", args.query_list)]
+    check_output_file(args.out, inputs=inputs, is_ours=is_pairs_file, kind="pairs file",
+                      overwrite=args.overwrite)
+    dim = feature_dim(args.dim, args.model)
+    db = read_feature_file(args.db, args.db_names, "--db-names", dim)
+    if args.queries is None:
+        if args.query_names is not None:
+            raise CLIError("--query-names names the rows of a --queries file; give --queries too")
+        q = db
+    else:
+        q = read_feature_file(args.queries, args.query_names, "--query-names", dim)
+        if args.queries.resolve() != args.db.resolve():
+            check_same_model(args.db, db.fingerprint, args.queries, q.fingerprint, args.allow_mixed_models)
+    db = _selected(db, args.db_prefix, args.db_list, "database")
+    q = _selected(q, args.query_prefix, args.query_list, "query")
+    if not len(db):
         raise CLIError(f"{args.db}: no database descriptors")
-    if args.queries.resolve() != args.db.resolve():
-        check_same_model(args.db, db_fp, args.queries, q_fp, args.allow_mixed_models)
-    bad = [n for n in q_names + db_names if any(c.isspace() for c in n)]
+    bad = [n for n in q.names + db.names if any(c.isspace() for c in n)]
     if bad:
         raise CLIError(f"image name {bad[0]!r} contains whitespace; hloc's pairs format cannot represent it")
-    pairs = pairs_from_retrieval(q_names, q_desc, db_names, db_desc, args.k)
+    pairs = pairs_from_retrieval(q.names, q.descriptors, db.names, db.descriptors, args.k, args.min_score)
     out = Path(args.out)
-    atomic_write_text(out, "".join(f"{q} {d}\n" for q, d in pairs))
+    atomic_write_text(out, "".join(f"{qn} {d}\n" for qn, d in pairs))
+    floor = "" if args.min_score is None else f", similarity >= {args.min_score:g}"
     print(
-        f"wrote {len(pairs)} pairs for {len(q_names)} queries "
-        f"({min(args.k, len(db_names))} per query) to {out}"
+        f"wrote {len(pairs)} pairs for {len(q)} queries "
+        f"({min(args.k, len(db))} per query at most{floor}) to {out}"
     )
     return 0

@@ -18,7 +18,8 @@ def register(sub) -> None:
         help="inspect, convert and check place-recognition datasets",
         description="SPEC is a .csv, a dbStruct .mat (v5 or v7.3), a Patch-NetVLAD .npz or name "
         "(pitts30k_test, tokyo247), or a folder with database/ and queries/ (@-named or EXIF-GPS "
-        "photos).",
+        "photos). A file or folder in the working directory named like a Patch-NetVLAD dataset is taken "
+        "instead of it, with a warning naming both (write ./NAME to mean the path).",
     )
     dsub = p.add_subparsers(dest="dataset_command", metavar="ACTION")
 

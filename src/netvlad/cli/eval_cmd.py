@@ -7,8 +7,6 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
-
 from netvlad._atomic import atomic_write, atomic_write_text
 from netvlad.cli import CLIError
 
@@ -31,9 +29,13 @@ def register(sub) -> None:
         "day/sunset/night).\n\n"
         "Images that failed extraction (--skip-bad: NaN rows, bad_images attribute) are reported: such\n"
         "a query counts as a failure, such a database image is never retrieved. Database and query\n"
-        "files must come from the same model (same fingerprint) unless --allow-mixed-models.",
+        "files must come from the same model (same fingerprint) unless --allow-mixed-models.\n\n"
+        + FEATS_HELP,
         epilog="examples:\n"
         "  netvlad evaluate --dataset pitts30k_test.mat --db f_db.h5 --queries f_query.h5\n"
+        "  netvlad evaluate --dataset pitts30k_test.mat --db db.bin --queries q.bin --dim 4096\n"
+        "  netvlad evaluate --dataset pitts30k_test --db pnv_db/globalfeats.npy --db-names index.txt \\\n"
+        "      --queries pnv_q/globalfeats.npy --query-names query.txt\n"
         "  netvlad evaluate --dataset tokyo247.mat --db f_db.h5 --queries f_query.h5 --crop-dim 256 \\\n"
         "      --report tokyo.json --plot tokyo.png",
     )
@@ -46,6 +48,13 @@ def register(sub) -> None:
         metavar="FEATS",
         type=Path,
         help="query feature file (default: the query names are looked up in --db)",
+    )
+    add_feature_file_options(
+        p,
+        names_help=(
+            "rows of a --db .bin/.npy file (default for .bin: the dataset's database images, in order)",
+            "rows of a --queries .bin/.npy file (default for .bin: the dataset's queries, in order)",
+        ),
     )
     p.add_argument(
         "--ns",
@@ -165,27 +174,66 @@ def check_outputs(inputs, overwrite: bool, report: Path | None = None, plot: Pat
         check_output_file(plot, inputs=inputs, is_ours=is_plot, kind="netvlad plot", overwrite=overwrite)
 
 
-def align_features(path: Path, wanted: list[str], role: str) -> tuple[np.ndarray, dict]:
-    """Rows of the feature file ``path`` in the order of ``wanted`` names (clear error when missing).
+#: How FEATS arguments are read (evaluate, index build and pairs print it in --help).
+FEATS_HELP = (
+    "FEATS, recognised by content: a netvlad feature file (netvlad extract), an hloc global-feature\n"
+    "file (a group per image holding global_descriptor), a MATLAB .bin (serialAllFeats: headerless\n"
+    "float32, image-major: give --dim D or --model MODEL) or Patch-NetVLAD's globalfeats.npy. A .bin or\n"
+    ".npy file stores no image names: its rows follow an image list (--*-names FILE, one name per line:\n"
+    "for .npy the file given to Patch-NetVLAD's feature_extract.py as --dataset_file_path), and a row\n"
+    "count that differs from the list's is an error."
+)
 
-    NaN rows (images skipped as bad during extraction) stay NaN: :func:`netvlad.metrics.evaluate`
-    never ranks such a database image and counts such a query as a failure.
-    """
-    from netvlad.io import read_features
 
-    names, desc, attrs = read_features(path)
-    if names == wanted:
-        rows = desc
+def add_feature_file_options(p, names_help: tuple[str, ...], model: bool = True) -> None:
+    """``--dim``, ``--model`` and the names-file options (``--db-names``/``--query-names``, or
+    ``--names`` when ``names_help`` has one entry) that reading .bin/.npy feature files needs."""
+    flags = ("--names",) if len(names_help) == 1 else ("--db-names", "--query-names")
+    for flag, text in zip(flags, names_help):
+        p.add_argument(flag, type=Path, metavar="FILE", help=f"image list naming the {text}")
+    p.add_argument("--dim", type=int, metavar="D", help="descriptor dimension of a MATLAB .bin file "
+                   "(checked against the other formats)")
+    if model:
+        p.add_argument("--model", metavar="MODEL", help="the model that computed the features: its "
+                       "out_dim is the dimension of a .bin file (instead of --dim)")
+
+
+def feature_dim(dim: int | None, model: str | None) -> int | None:
+    """The descriptor dimension given by ``--dim`` or by ``--model``'s out_dim (None: neither)."""
+    if dim is not None:
+        if dim < 1:
+            raise CLIError(f"--dim must be >= 1, got {dim}")
+        return dim
+    if model is None:
+        return None
+    from netvlad.weights import load_model
+
+    return int(load_model(model).out_dim)
+
+
+def read_feature_file(path: Path, names_file: Path | None, flag: str, dim: int | None,
+                      default_names: list[str] | None = None, default_from: str = ""):
+    """:func:`netvlad.io.load_global_features` with the row names of a nameless file taken from
+    ``names_file`` (the ``flag`` option), else — for a MATLAB .bin only, which MATLAB writes in
+    dataset order — from ``default_names``."""
+    from netvlad.io import NAMELESS_SOURCES, feature_file_kind, load_global_features, read_image_list
+
+    kind = feature_file_kind(path)
+    if kind not in NAMELESS_SOURCES:
+        if names_file is not None:
+            raise CLIError(f"{flag} names the rows of a .bin or .npy file; {path} stores its own names")
+        return load_global_features(path, dim=dim)
+    if names_file is not None:
+        names, names_from = read_image_list(names_file), str(names_file)
+    elif kind == "matlab-bin" and default_names is not None:
+        names, names_from = default_names, default_from
+        log.info("%s: rows taken as %s, in order", path, default_from)
     else:
-        pos = {n: i for i, n in enumerate(names)}
-        missing = [n for n in wanted if n not in pos]
-        if missing:
-            raise CLIError(
-                f"{path}: {len(missing)} of the dataset's {len(wanted)} {role} images are not in the "
-                f"feature file, e.g. {', '.join(missing[:5])}"
-            )
-        rows = desc[[pos[n] for n in wanted]]
-    return np.asarray(rows, dtype=np.float32), attrs
+        where = " (the --dataset_file_path given to Patch-NetVLAD's feature_extract.py)" \
+            if kind == "patchnetvlad-npy" else ""
+        raise CLIError(f"{path}: a {'.npy' if where else '.bin'} file stores no image names: give "
+                       f"{flag} FILE, the image list its rows follow{where}, one name per line")
+    return load_global_features(path, dim=dim, names=names, names_from=names_from)
 
 
 def add_mixed_models_flag(p) -> None:
@@ -330,9 +378,30 @@ def plot_curves(curves: list[tuple[str, list[int], list[float]]], out: Path, tit
     return out
 
 
+def _read_eval_db(args, ds, dim: int | None):
+    """The --db file."""
+    db = read_feature_file(args.db, args.db_names, "--db-names", dim, list(ds.db_images),
+                           "the dataset's database list")
+    if args.queries is None and db.names_from != "the file" and args.db_names is None:
+        raise CLIError(f"{args.db}: its rows are the dataset's database images only; give the query "
+                       "features with --queries")
+    return db
+
+
+def _read_eval_queries(args, ds, dim: int | None, db):
+    """The --queries file, or the --db file ``db`` when --queries is omitted."""
+    if args.queries is not None:
+        return read_feature_file(args.queries, args.query_names, "--query-names", dim,
+                                 list(ds.query_images), "the dataset's query list")
+    if args.query_names is not None:
+        raise CLIError("--query-names names the rows of a --queries file; give --queries too")
+    return db
+
+
 def run_evaluate(args) -> int:
     """`netvlad evaluate`."""
     from netvlad.data import load_dataset
+    from netvlad.io import align_features
     from netvlad.metrics import evaluate_dataset
 
     if any(n < 1 for n in args.ns):
@@ -341,17 +410,21 @@ def run_evaluate(args) -> int:
         raise CLIError(f"--sample must be ≥ 1, got {args.sample}")
     if args.crop_dim is not None and args.crop_dim < 1:
         raise CLIError(f"--crop-dim must be ≥ 1 (omit it to keep every dimension), got {args.crop_dim}")
-    inputs = [("--dataset", args.dataset), ("--db", args.db), ("--queries", args.queries)]
+    inputs = [("--dataset", args.dataset), ("--db", args.db), ("--queries", args.queries),
+              ("--db-names", args.db_names), ("--query-names", args.query_names)]
     check_outputs(inputs, args.overwrite, args.report, args.plot)
     ds = load_dataset(args.dataset)
-    db, db_attrs = align_features(args.db, list(ds.db_images), "database")
+    dim = feature_dim(args.dim, args.model)
+    db_feats = _read_eval_db(args, ds, dim)
+    db = align_features(db_feats, ds.db_images, "database")
     if args.crop_dim is not None and args.crop_dim > db.shape[1]:
         raise CLIError(f"--crop-dim {args.crop_dim} exceeds the {db.shape[1]}-D descriptors of {args.db}")
-    q, q_attrs = align_features(args.queries or args.db, list(ds.query_images), "query")
+    q_feats = _read_eval_queries(args, ds, dim, db_feats)
+    q = align_features(q_feats, ds.query_images, "query")
     if db.shape[1] != q.shape[1]:
         raise CLIError(f"{args.db} has {db.shape[1]}-D descriptors but {args.queries} has {q.shape[1]}-D")
     if args.queries is not None and args.queries.resolve() != args.db.resolve():
-        check_same_model(args.db, db_attrs.get("fingerprint"), args.queries, q_attrs.get("fingerprint"),
+        check_same_model(args.db, db_feats.fingerprint, args.queries, q_feats.fingerprint,
                          args.allow_mixed_models)
     res = evaluate_dataset(ds, db, q, ns=args.ns, crop_dim=args.crop_dim, sample=args.sample)
     label = args.label or f"{ds.name} ({args.db.name}{f', {args.crop_dim}-D' if args.crop_dim else ''})"

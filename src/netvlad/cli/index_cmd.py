@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 
 def register(sub) -> None:
     """Add this module's sub-commands to `sub` (an argparse subparsers action)."""
+    from netvlad.cli.eval_cmd import FEATS_HELP, add_feature_file_options
     from netvlad.index import INDEX_KINDS, IndexConfig
 
     d = IndexConfig()
@@ -29,9 +30,10 @@ def register(sub) -> None:
         "ivfflat (IVF, --nprobe cells per query), ivfpq (IVF-PQ + exact re-rank of --k-factor*k\n"
         "candidates: small memory), hnsw (graph). Up to ~100k x 4096-D exact search is fast enough;\n"
         "at 1M reduce to 256-512-D (PCA) and use ivfflat or ivfpq. NaN rows of FEATS (images that\n"
-        "failed extraction with --skip-bad) are left out with a warning.",
+        "failed extraction with --skip-bad) are left out with a warning.\n\n" + FEATS_HELP,
         epilog="examples:\n"
         "  netvlad index build f_db.h5 --out city.idx --dataset city.csv\n"
+        "  netvlad index build db.bin --dim 4096 --dataset pitts30k_test.mat --out p30k.idx\n"
         "  netvlad index build f_db.h5 --out big.idx --type ivfpq --pq-m 32 --nprobe 64",
     )
     b.add_argument("features", metavar="FEATS", type=Path, help="database feature file")
@@ -45,7 +47,12 @@ def register(sub) -> None:
         "--model",
         metavar="MODEL",
         help="record this model (preset or checkpoint path) so `netvlad query` can rebuild it "
-        "(default: the model_ref that `netvlad extract` stored in FEATS)",
+        "(default: the model_ref that `netvlad extract` stored in FEATS); its out_dim is the "
+        "dimension of a .bin FEATS",
+    )
+    add_feature_file_options(
+        b, ("rows of a .bin/.npy FEATS (default for .bin: the --dataset's database images, in order)",),
+        model=False,
     )
     b.add_argument(
         "--nlist", type=int, default=d.nlist, help="IVF cells (default: about 4*sqrt(N), at most 1024)"
@@ -91,10 +98,10 @@ def register(sub) -> None:
     q.set_defaults(func=run_query)
 
 
-def _attach_coordinates(names: list[str], spec: str) -> tuple[np.ndarray, str | None]:
+def _attach_coordinates(names: list[str], spec: str, ds=None) -> tuple[np.ndarray, str | None]:
     from netvlad.data import load_dataset
 
-    ds = load_dataset(spec)
+    ds = ds if ds is not None else load_dataset(spec)
     pos = {n: i for i, n in enumerate(ds.db_images)}
     missing = [n for n in names if n not in pos]
     if missing:
@@ -111,7 +118,8 @@ def run_build(args) -> int:
     from netvlad.index.faiss_index import is_index_dir
 
     # Checked before any work, then again under the lock by SearchIndex.save.
-    inputs = [("FEATS", args.features), ("--dataset", args.dataset), ("--model", args.model)]
+    inputs = [("FEATS", args.features), ("--dataset", args.dataset), ("--model", args.model),
+              ("--names", args.names)]
     check_output_dir(args.out, inputs=inputs, is_ours=is_index_dir, kind="netvlad index folder",
                      overwrite=args.overwrite, replaces_file=True)
     with OutputLock(args.out, "building"):
@@ -119,43 +127,53 @@ def run_build(args) -> int:
 
 
 def _build(args) -> int:
+    from netvlad.cli.eval_cmd import feature_dim, read_feature_file
+    from netvlad.data import load_dataset
     from netvlad.index import build_index
-    from netvlad.io import read_features
 
-    names, desc, attrs = read_features(args.features)
-    bad = ~np.isfinite(desc).all(axis=1)
-    if bad.all():
+    model = None
+    if args.model:
+        from netvlad.weights import load_model
+
+        model = load_model(args.model)
+    dim = feature_dim(args.dim, None)
+    if dim is None and model is not None:
+        dim = int(model.out_dim)
+    ds = load_dataset(args.dataset) if args.dataset else None
+    feats = read_feature_file(
+        args.features, args.names, "--names", dim,
+        None if ds is None else list(ds.db_images), "the --dataset's database list",
+    )
+    attrs = feats.attrs
+    kept, dropped = feats.finite()
+    if not len(kept):
         raise CLIError(
-            f"{args.features}: all {len(names)} descriptors are NaN (images that failed extraction)"
+            f"{args.features}: all {len(feats)} descriptors are NaN (images that failed extraction)"
         )
-    if bad.any():
-        dropped = [n for n, b in zip(names, bad) if b]
+    if dropped:
         log.warning(
             "%s: %d NaN descriptor(s) (images that failed extraction) left out of the index: %s",
             args.features,
             len(dropped),
             ", ".join(dropped[:5]) + (" ..." if len(dropped) > 5 else ""),
         )
-        names = [n for n, b in zip(names, bad) if not b]
-        desc = desc[~bad]
+    names, desc = kept.names, kept.descriptors
     utm, zone = (None, None)
     if args.dataset:
-        utm, zone = _attach_coordinates(names, args.dataset)
+        utm, zone = _attach_coordinates(names, args.dataset, ds)
     from netvlad.cli.extract_cmd import model_reference
 
     model_ref = model_reference(args.model) if args.model else attrs.get("model_ref")
     meta = {
-        "fingerprint": attrs.get("fingerprint"),
+        "fingerprint": feats.fingerprint,
         "model": model_ref,
         "zone": zone,
         "features": str(args.features),
         "dataset": args.dataset,
         "preprocessing": attrs.get("preprocessing"),
     }
-    if args.model:
-        from netvlad.weights import load_model
-
-        fp = load_model(args.model).fingerprint()
+    if model is not None:
+        fp = model.fingerprint()
         if meta["fingerprint"] and fp != meta["fingerprint"]:
             raise CLIError(
                 f"--model {args.model} (fingerprint {fp[:12]}) did not produce {args.features} "
@@ -181,7 +199,7 @@ def _build(args) -> int:
         f"{args.out}: {args.type} index of {index.ntotal} {index.dim}-D descriptors"
         f"{' with coordinates' if utm is not None else ''}"
         + (f", model {model_ref}" if model_ref else ", no model recorded (netvlad query will need --model)")
-        + (f"; {int(bad.sum())} NaN descriptor(s) left out" if bad.any() else "")
+        + (f"; {len(dropped)} NaN descriptor(s) left out" if dropped else "")
     )
     return 0
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from netvlad.index.exact import check_unit_norm, l2_normalize, topk
 from netvlad.index.faiss_index import INDEX_KINDS, IndexConfig, SearchIndex, build_index, load_index
+from netvlad.index.pairs import pairs_from_retrieval
 
 __all__ = [
     "INDEX_KINDS", "IndexConfig", "SearchIndex", "build_index", "check_unit_norm", "l2_normalize",
-    "load_index", "topk",
+    "load_index", "pairs_from_retrieval", "topk",
 ]

@@ -1,5 +1,9 @@
 """Feature files: our HDF5 format (resumable, atomic), MATLAB's headerless ``.bin`` and hloc's layout.
 
+Other projects' files (hloc's HDF5, MATLAB's ``.bin``, Patch-NetVLAD's ``.npy``) are read into the same
+shape by :func:`load_global_features` (see :mod:`netvlad.io.peers`); every command reads feature
+files with it.
+
 HDF5 feature file (the default, written by ``netvlad extract``):
 
 - dataset ``names``: N variable-length UTF-8 strings (image names relative to their root);
@@ -33,8 +37,17 @@ from netvlad.io.features import (
     read_features,
     write_features,
 )
-from netvlad.io.hloc import export_hloc, read_hloc
+from netvlad.io.hloc import export_hloc, read_hloc, read_image_lists, select_names
 from netvlad.io.matlab import read_bin, read_bin_pair, write_bin
+from netvlad.io.peers import (
+    NAMELESS_SOURCES,
+    SOURCES,
+    GlobalFeatures,
+    align_features,
+    feature_file_kind,
+    load_global_features,
+    read_image_list,
+)
 from netvlad.io.writer import FeatureWriter, OutputStatus, output_status
 
 __all__ = [
@@ -43,8 +56,14 @@ __all__ = [
     "FeatureFileError",
     "FeatureIdentity",
     "FeatureWriter",
+    "GlobalFeatures",
+    "NAMELESS_SOURCES",
     "OutputStatus",
+    "SOURCES",
+    "align_features",
     "export_hloc",
+    "feature_file_kind",
+    "load_global_features",
     "names_sha256",
     "output_status",
     "partial_path",
@@ -53,6 +72,9 @@ __all__ = [
     "read_bin_pair",
     "read_features",
     "read_hloc",
+    "read_image_list",
+    "read_image_lists",
+    "select_names",
     "write_bin",
     "write_features",
 ]

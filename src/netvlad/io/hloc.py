@@ -54,3 +54,51 @@ def read_hloc(path: str | Path, names: Sequence[str] | None = None) -> tuple[lis
         desc = np.stack([np.asarray(f[n]["global_descriptor"][()], dtype=np.float32).reshape(-1)
                          for n in order])
     return order, desc
+
+
+def read_image_lists(path: str | Path) -> list[str]:
+    """Image names from hloc list file(s), as hloc's ``parse_image_lists``: the last component of
+    ``path`` may be a glob pattern (every matching file is read, in sorted order, where hloc takes
+    the file system's order); in each file blank lines and lines starting with ``#`` are skipped and
+    a name is a line's first whitespace-separated field (intrinsics may follow it).
+
+    Raises:
+        FileNotFoundError: no file matches. ValueError: a file that is not UTF-8 text, or no names.
+    """
+    path = Path(path)
+    files = sorted(p for p in path.parent.glob(path.name) if p.is_file())
+    if not files:
+        raise FileNotFoundError(f"{path}: image list not found")
+    names: list[str] = []
+    for file in files:
+        try:
+            lines = file.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise ValueError(f"{file}: not a UTF-8 text list of image names") from None
+        names += [line.split()[0] for line in lines if line.strip() and not line.startswith("#")]
+    if not names:
+        raise ValueError(f"{path}: no image names (blank and '#' lines only)")
+    return names
+
+
+def select_names(names_all: Sequence[str], prefix: str | Sequence[str] | None = None,
+                 names: Sequence[str] | None = None, what: str = "images") -> list[str]:
+    """hloc's ``parse_names``: the names of ``names_all`` that start with ``prefix`` (one prefix or
+    several), else ``names`` (e.g. :func:`read_image_lists`) as given, else all of ``names_all``.
+
+    hloc silently ignores the list when a prefix is given; here giving both is an error.
+
+    Raises:
+        ValueError: both given, or no name has the prefix.
+    """
+    if prefix is not None and names is not None:
+        raise ValueError(f"{what}: give a prefix or a list of names, not both")
+    if prefix is not None:
+        prefixes = (prefix,) if isinstance(prefix, str) else tuple(prefix)
+        found = [n for n in names_all if n.startswith(prefixes)]
+        if not found:
+            raise ValueError(f"{what}: no image name starts with {' or '.join(map(repr, prefixes))}")
+        return found
+    if names is not None:
+        return [str(n) for n in names]
+    return list(names_all)

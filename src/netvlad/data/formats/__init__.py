@@ -7,10 +7,15 @@
 | ``*.npz`` or a Patch-NetVLAD name (``pitts30k_test``, ``tokyo247``) | Patch-NetVLAD (`load_patchnetvlad`) |
 | folder with ``database/`` + ``queries/`` of ``@``-named images | `load_at_folder` |
 | folder with ``database/`` + ``queries/`` of other photos | EXIF GPS (`load_exif_folder`) |
+
+A SPEC that is both an existing path and a built-in name (a folder ``tokyo247/`` in the working
+directory) is the path, with a warning naming both: what is on disk where the user points wins, as
+an existing file wins over a model preset of the same name.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from netvlad.data.formats.csvfmt import load_csv, save_csv
@@ -35,15 +40,34 @@ __all__ = [
 
 FORMATS = ("csv", "mat", "patchnetvlad", "at", "exif")
 
+logger = logging.getLogger(__name__)
+
+
+def _warn_if_shadowing(spec: str | Path) -> None:
+    # Only a bare name can mean either: "./tokyo247" or "data/tokyo247" is unambiguously a path.
+    name = str(spec)
+    if "/" in name or "\\" in name or not Path(name).exists():
+        return
+    builtin = resolve_builtin(name)
+    if builtin is not None:
+        kind = "folder" if Path(name).is_dir() else "file"
+        logger.warning("%s: the %s of that name in the working directory was taken, not the built-in "
+                       "Patch-NetVLAD dataset %s (%s); write ./%s for the %s, or that .npz path for the "
+                       "built-in one", name, kind, name, builtin, name, kind)
+
 
 def detect_format(spec: str | Path) -> str:
     """Which loader handles ``spec``: one of `FORMATS`.
+
+    An existing file or folder wins over a Patch-NetVLAD name; when ``spec`` is both, a warning
+    names both.
 
     Raises:
         FileNotFoundError: nothing at ``spec`` and not a Patch-NetVLAD name.
         ValueError: an existing file or folder in no known format.
     """
     p = Path(spec)
+    _warn_if_shadowing(spec)
     if p.is_file():
         ext = p.suffix.lower()
         if ext in (".csv", ".mat", ".npz"):
