@@ -85,6 +85,15 @@ def test_preprocess_fixed_resize_is_pil_bilinear():
     assert pre.output_size(1000, 3) == (24, 50)
     assert Preprocess.from_dict(json.loads(json.dumps(pre.to_dict()))) == pre
     assert "resize" not in Preprocess().to_dict()  # unset fields stay out: old fingerprints hold
+    # the VG benchmark's order: normalise, then resize the float tensor (bilinear, no antialias)
+    late = Preprocess("imagenet", pre.mean, pre.std, 1.0, resize=(24, 50), resize_stage="tensor")
+    full = Preprocess("imagenet", pre.mean, pre.std, 1.0).apply(img)
+    want = torch.nn.functional.interpolate(full[None], size=(24, 50), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(late.apply(img), want[0], rtol=0, atol=0)
+    assert Preprocess.from_dict(json.loads(json.dumps(late.to_dict()))) == late
+    assert "resize_stage" not in pre.to_dict()
+    with pytest.raises(ValueError, match="resize_stage"):
+        Preprocess(resize=(4, 4), resize_stage="late")
     with pytest.raises(ValueError, match="max_side or resize, not both"):
         Preprocess(max_side=10, resize=(4, 4))
     with pytest.raises(ValueError, match=r"resize must be \(H, W\)"):

@@ -60,7 +60,8 @@ def register(sub) -> None:
 def describe_preprocess(pre) -> str:
     """One line saying how pixels become the network input."""
     if pre.resize is not None:
-        size = f"resized to {pre.resize[0]}×{pre.resize[1]} (H×W, aspect ignored)"
+        size = f"resized to {pre.resize[0]}×{pre.resize[1]} (H×W, aspect ignored" + (
+            ", after normalisation: bilinear on the float tensor)" if pre.resize_stage == "tensor" else ")")
     else:
         size = "full resolution" if pre.max_side is None else f"longer side <= {pre.max_side}"
     if pre.style == "matconvnet":

@@ -34,6 +34,10 @@ class Preprocess:
             bilinear, which is what torchvision's ``Resize((H, W))`` does to a PIL image). The
             PyTorch projects extract at 480×640 this way (Patch-NetVLAD, OpenIBL, the VG benchmark);
             their converted models keep it. Exclusive with ``max_side``.
+        resize_stage: when ``resize`` happens: "image" (the 8-bit image, PIL bilinear) or "tensor"
+            (the normalised float tensor, bilinear with align_corners=False and no antialiasing:
+            torchvision 0.8's ``functional.resize`` on a tensor, which the VG benchmark applies
+            after ``Normalize``). Both equal the identity for images already H×W.
     """
 
     style: str = "matconvnet"
@@ -42,6 +46,7 @@ class Preprocess:
     scale: float = 255.0
     max_side: int | None = None
     resize: tuple[int, int] | None = None
+    resize_stage: str = "image"
 
     def __post_init__(self):
         if self.style not in ("matconvnet", "imagenet"):
@@ -59,6 +64,8 @@ class Preprocess:
             if self.max_side is not None:
                 raise ValueError("Preprocess takes max_side or resize, not both")
             object.__setattr__(self, "resize", size)
+        if self.resize_stage not in ("image", "tensor"):
+            raise ValueError(f"resize_stage must be 'image' or 'tensor', got {self.resize_stage!r}")
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """(H', W') of the network input for an H×W image under ``resize`` / ``max_side``."""
@@ -70,10 +77,11 @@ class Preprocess:
         return max(1, round(height * s)), max(1, round(width * s))
 
     def rescale(self, img: np.ndarray) -> np.ndarray:
-        """Resize H×W×3 uint8 to :meth:`output_size` (no-op when that is its size already)."""
+        """Resize H×W×3 uint8 to :meth:`output_size` (no-op when that is its size already, or when
+        the resize happens on the tensor: ``resize_stage="tensor"``)."""
         h, w = img.shape[:2]
         size = self.output_size(h, w)
-        if size == (h, w):
+        if size == (h, w) or (self.resize is not None and self.resize_stage == "tensor"):
             return img
         return np.array(Image.fromarray(img).resize(size[::-1], Image.Resampling.BILINEAR))
 
@@ -95,6 +103,9 @@ class Preprocess:
         t.sub_(torch.tensor(self.mean).view(3, 1, 1))
         if self.std != (1.0, 1.0, 1.0):
             t.div_(torch.tensor(self.std).view(3, 1, 1))
+        if self.resize_stage == "tensor" and self.resize is not None and tuple(t.shape[1:]) != self.resize:
+            t = torch.nn.functional.interpolate(t[None], size=self.resize, mode="bilinear",
+                                                align_corners=False, antialias=False)[0]
         return t
 
     def __call__(self, img: np.ndarray) -> torch.Tensor:
@@ -106,6 +117,8 @@ class Preprocess:
         # Written only when set, so configs (and model fingerprints) from before the field are unchanged.
         if self.resize is not None:
             d["resize"] = list(self.resize)
+        if self.resize_stage != "image":
+            d["resize_stage"] = self.resize_stage
         return d
 
     @classmethod

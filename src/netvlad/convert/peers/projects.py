@@ -183,14 +183,13 @@ def _benchmark(label: str, state: dict[str, Tensor], container: dict[str, Any]) 
             "only NetVLAD models convert"
         )
     notes = [
-        "input resized to 480×640 (the benchmark's default --resize). The benchmark resizes the "
-        "normalised float tensor (torchvision), ours the 8-bit image (PIL bilinear): identical for "
-        "480×640 images (its datasets' size); other sizes give slightly different descriptors (8-bit "
-        "rounding; shrinking: the benchmark's pinned torchvision 0.8 does not antialias tensors)"
+        "input normalised, then the float tensor resized to 480×640 (bilinear, no antialiasing), as "
+        "the benchmark's test transform (default --resize, torchvision 0.8's tensor resize) does"
     ]
     fmt = "deep-visual-geo-localization-benchmark " + ("training checkpoint" if container else "model")
     return PeerModel("VG benchmark", fmt, arch, crop, trunk, whitening=whitening,
-                     preprocess=replace(IMAGENET, resize=PEER_RESIZE), notes=notes, **fields)
+                     preprocess=replace(IMAGENET, resize=PEER_RESIZE, resize_stage="tensor"), notes=notes,
+                     **fields)
 
 
 def openibl_pca(path: str | Path, n_in: int) -> tuple[Tensor, Tensor]:
