@@ -365,13 +365,13 @@ def extract_features(model, paths: Sequence[str | Path], names: Sequence[str], o
     return path
 
 
-def compute_descriptors(model, paths: Sequence[str | Path], config: ExtractConfig | None = None,
-                        **overrides) -> np.ndarray:
+def compute_descriptors(model, paths: Sequence[str | Path], config: ExtractConfig | None = None, *,
+                        label: str = "descriptors", **overrides) -> np.ndarray:
     """Descriptors of ``paths`` in memory: an N×out_dim float32 array (rows of bad images are NaN
     with ``skip_bad=True``; otherwise a bad image raises ImageLoadError naming it).
 
     Same batching and speed settings as :func:`extract_features` (``batch_size=``, ``device=``,
-    ``progress=``, ... as keyword overrides of ``config``).
+    ``progress=``, ... as keyword overrides of ``config``); ``label`` names the progress bar.
     """
     cfg = _config(config, overrides)
     paths = [Path(p) for p in paths]
@@ -379,7 +379,7 @@ def compute_descriptors(model, paths: Sequence[str | Path], config: ExtractConfi
     _preprocess_for(model, cfg.max_side)  # a bad max_side fails before any image is read
     result = np.full((len(paths), int(model.out_dim)), np.nan, dtype=np.float32)
     with contextlib.closing(_iter_descriptors(model, paths, np.ones(len(paths), bool), cfg,
-                                              desc="descriptors")) as batches:
+                                              desc=label)) as batches:
         for rows, desc, _ in batches:
             if desc is not None:
                 result[rows] = desc

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from pathlib import Path
 
-from netvlad.cli import CLIError
+from netvlad.cli import CLIError, workers_arg
 
 
 def register(sub) -> None:
@@ -49,9 +50,9 @@ def register(sub) -> None:
                    help="output format (default: h5)")
     p.add_argument("--batch-size", type=int, default=d.batch_size,
                    help=f"images per batch; sizes are grouped automatically (default: {d.batch_size})")
-    p.add_argument("--workers", type=int, default=d.num_workers,
+    p.add_argument("--workers", type=workers_arg, default=d.num_workers,
                    help="image-decoding worker processes (default: 0 on CPU, where workers steal "
-                   "cycles from the compute threads; up to 4 on CUDA)")
+                   "cycles from the compute threads; up to 4 on CUDA; 0 = decode in the main process)")
     p.add_argument("--device", default=d.device, help=f"torch device (default: {d.device})")
     p.add_argument("--half", action="store_true", help="store float16 descriptors")
     p.add_argument("--amp", action="store_true", help="autocast: float16 on CUDA, bfloat16 on CPU")
@@ -136,6 +137,7 @@ def run(args) -> int:
                         half=args.half, amp=args.amp, bf16=args.bf16, skip_bad=args.skip_bad,
                         overwrite=args.overwrite, max_side=args.max_side, progress=not args.no_progress,
                         model_ref=model_reference(args.model))
+    logging.getLogger("netvlad.extract").setLevel(min(logging.INFO, logging.getLogger().level))  # resuming
     jobs = _jobs(args)
     for _, _, out in jobs:
         if args.format != "h5" and out.exists() and not args.overwrite:

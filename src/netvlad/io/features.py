@@ -260,7 +260,7 @@ def output_status(out: str | Path, identity: FeatureIdentity, num_images: int,
                 f"{part}: an interrupted extraction with {'; '.join(diff)} is in the way; "
                 "delete it or pass overwrite=True / --overwrite")
         done = int(attrs.get("done", 0))
-        return OutputStatus("resume", done, f"{out}: resuming after {done} of {num_images} images")
+        return OutputStatus("resume", done, f"resuming {out}: {done} of {num_images} rows done")
     return OutputStatus("new", 0, f"{out}: new ({num_images} images)")
 
 

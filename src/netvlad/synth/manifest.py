@@ -210,4 +210,3 @@ class TownWriter:
         if self._journal is not None:
             self._journal.close()
             self._journal = None
-
