@@ -135,6 +135,33 @@ def test_another_seed_is_refused_then_fully_replaced(reference, tmp_path, monkey
     assert {p.resolve() for p in _images(out)} == listed
 
 
+def test_a_changed_town_keeps_no_image(reference, tmp_path, monkeypatch, caplog):
+    """Same config and version, but the town differs (e.g. installed photo packages changed): the
+    interrupted run's images are not kept."""
+    ref = reference[1]
+    total = sum(1 for k in ref if k.endswith(".jpg"))
+    out = tmp_path / "town"
+    calls = {"n": 0, "stop": 30}
+    real = generate.render_view
+
+    def counting(*a, **k):
+        calls["n"] += 1
+        if calls["n"] > calls["stop"]:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(generate, "render_view", counting)
+    assert main(["synth-town", "--out", str(out), *ARGS]) == 130
+    head = json.loads((out / "town.json").read_text())
+    head["town_sha256"] = "0" * 64  # as recorded by a run that saw other photos
+    (out / "town.json").write_text(json.dumps(head))
+    calls.update(n=0, stop=10**9)
+    assert main(["synth-town", "--out", str(out), *ARGS]) == 0
+    assert calls["n"] == total  # every image rendered again
+    assert "rendering every image again" in caplog.text
+    assert _hashes(out) == ref
+
+
 def test_a_folder_with_town_files_but_no_manifest_is_refused(tmp_path, capsys):
     out = tmp_path / "town"
     (out / "train" / "images").mkdir(parents=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from netvlad.synth.render import CONDITIONS, Camera, Renderer, sample_condition
 from netvlad.synth.town import District, Town, build_town
 
 _KINDS = ("db", "query")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -254,8 +256,16 @@ def generate_town(
     config = config or SynthConfig()
     out = Path(out)
     t0 = time.perf_counter()
-    kept = prepare_folder(out, config, overwrite)
+    kept, recorded_town = prepare_folder(out, config, overwrite)
     town = build_town(config, progress=progress)
+    fingerprint = town.fingerprint()
+    if kept and recorded_town != fingerprint:
+        logger.warning(
+            "%s: the town differs from the one of the earlier run (installed photo packages changed?): "
+            "rendering every image again",
+            out,
+        )
+        kept = {}
     renderer = Renderer(town, config.width, config.height)
     plans = {split: plan_views(town, split) for split in SPLITS}
     folders = {split: (f"{split}/images", f"{split}/queries") for split in SPLITS}
@@ -265,7 +275,7 @@ def generate_town(
         for views, folder in zip((db, q), folders[split])
         for v in views
     }
-    writer = TownWriter(out, config, kept)
+    writer = TownWriter(out, config, fingerprint, kept)
     n_kept = 0
     try:
         writer.start(planned)

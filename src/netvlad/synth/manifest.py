@@ -12,7 +12,9 @@ Policy of a rerun into a folder (`prepare_folder`):
 * a manifest made from the same version and config: resume. Images recorded in the journal or the
   complete manifest whose size and sha256 still match are kept, every other image is rendered
   again (rendering is deterministic per seed, so the result is byte-identical to an undisturbed
-  run), and unplanned images and temp files of a killed run are removed;
+  run), and unplanned images and temp files of a killed run are removed. The manifest also holds
+  the town's fingerprint (geometry and texels, `Town.fingerprint`): when it differs (installed
+  photo packages changed since), no image is kept;
 * a manifest made from another version, seed or config, an unreadable manifest, or town files
   without a manifest: refused, unless ``overwrite``: then the old town's files are deleted first
   (the manifest last) and the town is generated from scratch. ``overwrite`` always starts over.
@@ -101,12 +103,15 @@ def _read_records(out: Path, manifest: dict) -> dict[str, dict]:
     return recs
 
 
-def prepare_folder(out: Path, config: SynthConfig, overwrite: bool = False) -> dict[str, dict]:
+def prepare_folder(
+    out: Path, config: SynthConfig, overwrite: bool = False
+) -> tuple[dict[str, dict], str | None]:
     """Apply the rerun policy (module docstring) to `out` before anything is written.
 
     Returns:
         {relative path: {"size", "sha256"}} of the files already there that verify and may be kept
-        (empty for a new town or after ``overwrite``).
+        (empty for a new town or after ``overwrite``), and the town fingerprint their manifest
+        records (None if none); they may only be kept for a town with that fingerprint.
 
     Raises:
         ValueError: the folder holds another town, an unreadable manifest or town files without a
@@ -125,22 +130,20 @@ def prepare_folder(out: Path, config: SynthConfig, overwrite: bool = False) -> d
         else:
             if manifest.get("format") != FORMAT:  # written by netvlad before manifests had a format
                 manifest = {"netvlad": None, "config": manifest["config"]}
-            if {"netvlad": manifest.get("netvlad"), "config": manifest["config"]} != {
-                "netvlad": ident["netvlad"],
-                "config": ident["config"],
-            }:
+            if (manifest.get("netvlad"), manifest["config"]) != (ident["netvlad"], ident["config"]):
                 problem = f"{out}: holds a town made with {_differences(manifest, ident)}"
     elif _town_files(out):
         problem = f"{out}: holds town files but no {MANIFEST} (from an unknown run)"
     if overwrite:
         clear_folder(out)
-        return {}
+        return {}, None
     if problem:
         raise ValueError(f"{problem}; use another folder, or --overwrite (overwrite=True) to replace it")
     if manifest is None:
-        return {}
+        return {}, None
     recs = _read_records(out, manifest)
-    return {rel: r for rel, r in recs.items() if _file_matches(out / rel, r)}
+    kept = {rel: r for rel, r in recs.items() if _file_matches(out / rel, r)}
+    return kept, manifest.get("town_sha256")
 
 
 def clear_folder(out: Path) -> None:
@@ -157,9 +160,9 @@ def clear_folder(out: Path) -> None:
 class TownWriter:
     """Writes a town's files and keeps the manifest and journal up to date (see module docstring)."""
 
-    def __init__(self, out: Path, config: SynthConfig, kept: dict[str, dict]):
+    def __init__(self, out: Path, config: SynthConfig, town_sha256: str, kept: dict[str, dict]):
         self.out = Path(out)
-        self.ident = made_from(config)
+        self.ident = {**made_from(config), "town_sha256": town_sha256}
         self.records = dict(kept)
         self._journal = None
 
