@@ -54,8 +54,14 @@ def reference(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 
 
 def _kill_after_some_images(out: Path, n_images: int) -> None:
-    """Run synth-town in a subprocess and SIGKILL it once it has written `n_images` images."""
-    cmd = [sys.executable, "-m", "netvlad", "synth-town", "--out", str(out), "--seed", "0", *ARGS]
+    """Run synth-town's generation in a subprocess and SIGKILL it once it has written `n_images`
+    images. (`generate_town` with the config `ARGS` make, without the CLI's torch import.)"""
+    code = (
+        "import sys; from netvlad.synth import SynthConfig, generate_town; "
+        "generate_town(sys.argv[1], SynthConfig.preset('tiny', seed=0, width=32, height=24, "
+        "photo_sources=('procedural',)), progress=False)"
+    )
+    cmd = [sys.executable, "-c", code, str(out)]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     try:

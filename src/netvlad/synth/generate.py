@@ -276,27 +276,15 @@ def generate_town(
         for v in views
     }
     writer = TownWriter(out, config, fingerprint, kept)
-    n_kept = 0
     try:
         writer.start(planned)
+        n_kept = _write_images(writer, renderer, plans, folders, progress)
         datasets, csvs, mats = {}, {}, {}
-        with tqdm(total=len(planned), desc="town: render", unit="img", disable=not progress) as bar:
-            for split in SPLITS:
-                db, queries = plans[split]
-                for views, folder in zip((db, queries), folders[split]):
-                    (out / folder).mkdir(parents=True, exist_ok=True)
-                    for view in views:
-                        rel = f"{folder}/{view.name}"
-                        if writer.has(rel):
-                            n_kept += 1
-                        else:
-                            writer.write(rel, _jpeg_bytes(render_view(renderer, view), config.jpeg_quality))
-                        bar.update(1)
-                root = out / split
-                ds = to_dataset(town, split, db, queries, root)
-                datasets[split] = ds
-                csvs[split] = save_csv(ds, root / f"synth_{split}.csv")
-                mats[split] = save_mat(ds, root / f"synth_{split}.mat", which_set=split)
+        for split in SPLITS:
+            root = out / split
+            datasets[split] = ds = to_dataset(town, split, *plans[split], root)
+            csvs[split] = save_csv(ds, root / f"synth_{split}.csv")
+            mats[split] = save_mat(ds, root / f"synth_{split}.mat", which_set=split)
         map_png = plot_town_map(town, plans, out / "map.png")
         meta = {
             "facades": town.num_facades,
@@ -308,6 +296,31 @@ def generate_town(
     finally:
         writer.close()
     return SynthTown(out, datasets, csvs, mats, time.perf_counter() - t0, n_kept)
+
+
+def _write_images(
+    writer: TownWriter,
+    renderer: Renderer,
+    plans: dict[str, tuple[list[View], list[View]]],
+    folders: dict[str, tuple[str, str]],
+    progress: bool,
+) -> int:
+    """Render and write every planned image `writer` does not already hold; returns how many it held."""
+    n_kept = 0
+    total = sum(len(db) + len(q) for db, q in plans.values())
+    quality = renderer.town.config.jpeg_quality
+    with tqdm(total=total, desc="town: render", unit="img", disable=not progress) as bar:
+        for split in SPLITS:
+            for views, folder in zip(plans[split], folders[split]):
+                (writer.out / folder).mkdir(parents=True, exist_ok=True)
+                for view in views:
+                    rel = f"{folder}/{view.name}"
+                    if writer.has(rel):
+                        n_kept += 1
+                    else:
+                        writer.write(rel, _jpeg_bytes(render_view(renderer, view), quality))
+                    bar.update(1)
+    return n_kept
 
 
 def plot_town_map(town: Town, plans: dict[str, tuple[list[View], list[View]]], path: Path) -> Path | None:
