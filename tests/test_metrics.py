@@ -383,7 +383,7 @@ def test_evaluate_cli_tokyo_rules_and_conditions(tmp_path, capsys):
         assert len({gmap[ds.db_images.index(t)] for t in r["top"]}) == len(r["top"])
 
 
-def test_evaluate_cli_errors(tmp_path, capsys):
+def test_evaluate_cli_errors(tmp_path, capsys, caplog):
     from netvlad.cli import main
     from netvlad.io import write_features
 

@@ -8,8 +8,10 @@ an exit code).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
+import warnings
 
 from netvlad import __version__
 
@@ -20,6 +22,67 @@ class CLIError(Exception):
     def __init__(self, message: str, code: int = 2):
         super().__init__(message)
         self.code = code
+
+
+def workers_arg(text: str) -> int:
+    """argparse type of the image-decoding ``--workers`` flags: an int >= 0."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (0 = decode images in the main process), got {n}")
+    return n
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    # Users act on the message; our file name, line number and source line only add noise.
+    return f"{category.__name__}: {' '.join(str(message).split())}"
+
+
+class _OncePerText(logging.Filter):
+    """Let each distinct warning text through once per command: some libraries repeat one (torch's
+    DataLoader worker-count warning comes from two source lines, for every loader)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if text in self.seen:
+            return False
+        self.seen.add(text)
+        return True
+
+
+class _Formatter(logging.Formatter):
+    """Python warnings as ``netvlad CMD: Category: message``; other records as before."""
+
+    def __init__(self, command: str | None):
+        super().__init__("%(levelname)s %(name)s: %(message)s")
+        self.command = command
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.name == "py.warnings":
+            return f"netvlad {self.command}: {record.getMessage()}"
+        return super().format(record)
+
+
+@contextlib.contextmanager
+def _warnings_through_logging():
+    """Route Python warnings to the ``py.warnings`` logger, one line each, each text once."""
+    once, old_format = _OncePerText(), warnings.formatwarning
+    logger = logging.getLogger("py.warnings")
+    warnings.formatwarning = _one_line_warning
+    logger.addFilter(once)
+    logging.captureWarnings(True)
+    try:
+        yield
+    finally:
+        logging.captureWarnings(False)
+        logger.removeFilter(once)
+        warnings.formatwarning = old_format
 
 
 def _command_modules():
@@ -60,10 +123,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(_Formatter(args.command))
+    logging.basicConfig(level=level, handlers=[handler])
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    with _warnings_through_logging():
+        return _run(args)
+
+
+def _run(args) -> int:
     try:
         return int(args.func(args) or 0)
     except CLIError as exc:

@@ -48,7 +48,14 @@ def register(sub) -> None:
         description="Procedural town (streets, facades textured with installed photos), street-level "
         "database views at one time and queries at others (lighting, night, occluders, jitter), disjoint "
         "train/val/test areas. Writes OUT/<split>/images/*.jpg, OUT/<split>/queries/*.jpg, "
-        "OUT/<split>/synth_<split>.csv and .mat (dbStruct), OUT/town.json, OUT/map.png.",
+        "OUT/<split>/synth_<split>.csv and .mat (dbStruct), OUT/town.json, OUT/map.png. "
+        "The same seed and options give the same bytes. OUT/town.json records what the town is made "
+        "from (netvlad version, seed, options): it is written first as 'in progress', each image is "
+        "recorded (size, sha256) in OUT/town.partial.jsonl as it lands, and the manifest is completed "
+        "at the end. Rerunning into OUT with the same seed and options resumes an interrupted run: "
+        "verified images are kept, the rest rendered, the result is byte-identical to an undisturbed "
+        "run. A folder holding another town (other seed, options or version), or town files without "
+        "a manifest, is refused unless --overwrite.",
     )
     q.add_argument("--out", default=None, help="output folder (required unless --benchmark)")
     q.add_argument("--seed", type=int, default=s.seed, help=f"random seed (default {s.seed})")
@@ -63,7 +70,11 @@ def register(sub) -> None:
         default="installed",
         help="facade textures from installed photo packages (default) or procedural only",
     )
-    q.add_argument("--overwrite", action="store_true", help="replace a town made with another config")
+    q.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the town in --out (whatever it was made from) and generate this one from scratch",
+    )
     q.add_argument(
         "--benchmark",
         type=int,

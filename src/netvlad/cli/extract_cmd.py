@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from netvlad.cli import CLIError
+from netvlad.cli import CLIError, workers_arg
 
 
 def register(sub) -> None:
@@ -54,9 +54,9 @@ def register(sub) -> None:
                    help="output format (default: h5)")
     p.add_argument("--batch-size", type=int, default=d.batch_size,
                    help=f"images per batch; sizes are grouped automatically (default: {d.batch_size})")
-    p.add_argument("--workers", type=int, default=d.num_workers,
+    p.add_argument("--workers", type=workers_arg, default=d.num_workers,
                    help="image-decoding worker processes (default: 0 on CPU, where workers steal "
-                   "cycles from the compute threads; up to 4 on CUDA)")
+                   "cycles from the compute threads; up to 4 on CUDA; 0 = decode in the main process)")
     p.add_argument("--device", default=d.device, help=f"torch device (default: {d.device})")
     p.add_argument("--half", action="store_true", help="store float16 descriptors")
     p.add_argument("--amp", action="store_true", help="autocast: float16 on CUDA, bfloat16 on CPU")
@@ -208,9 +208,11 @@ def run(args) -> int:
     for paths, names, out in jobs:
         # .bin/hloc are written from a finished HDF5 file, which is what makes them resumable.
         h5 = out if args.format == "h5" else out.with_name(out.name + ".h5")
-        before = h5.stat().st_mtime_ns if h5.exists() else None
-        extract_features(model, paths, names, h5, cfg)
-        up_to_date = before is not None and h5.stat().st_mtime_ns == before
+        statuses = []
+        extract_features(model, paths, names, h5, cfg, on_status=statuses.append)
+        if statuses[0].kind == "resume":
+            print(statuses[0].message)  # the run ended by an interruption or a full disk goes on
+        up_to_date = statuses[0].kind == "up-to-date"
         attrs = io.read_attrs(h5)
         if args.format == "bin":
             _, desc, _ = io.read_features(h5)

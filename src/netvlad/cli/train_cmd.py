@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from netvlad._atomic import atomic_write
-from netvlad.cli import CLIError
+from netvlad.cli import CLIError, workers_arg
 from netvlad.train.config import TrainConfig
 
 _HELP = {
@@ -29,7 +29,7 @@ _HELP = {
     "cache_dtype": "feature cache storage",
     "mining_pca_dim": "PCA-reduce the cache to this dimension for mining only",
     "compute_batch_size": "batch size for cache/val extraction",
-    "num_workers": "image decoding processes for cache/val extraction",
+    "num_workers": "image decoding processes for cache/val extraction (0 = in the main process)",
     "n_test_sample": "val queries for recall (seed 43)",
     "n_test_rank_sample": "val queries for the rank loss (seed 43); 0 = skip",
     "recall_ns": "Ns of recall@N",
@@ -73,6 +73,7 @@ def _add_config_args(p) -> None:
             typ = {"int": int, "float": float}.get(type(val).__name__, str)
             if f.name in ("mining_pca_dim", "limit_batches", "limit_queries"):
                 typ = int
+            typ = workers_arg if f.name == "num_workers" else typ
             choices = ("float16", "bfloat16", "float32") if f.name == "cache_dtype" else None
             p.add_argument(
                 flag, dest=f.name, type=typ, default=None, choices=choices, help=f"{help_} (default: {val})"
@@ -158,7 +159,7 @@ def register(sub) -> None:
     )
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=10)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=workers_arg, default=2, help="image-decoding processes (0: none)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument(
         "--overwrite", action="store_true", help="replace a MODEL_OUT that is not a netvlad checkpoint"
@@ -318,6 +319,7 @@ def _train(args) -> int:
         progress=not args.no_progress,
         resume=args.resume,
         run_info={"cli": cli_info},
+        log=print,
     )
     from netvlad.train.dist import rank_world
 

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from netvlad.data.images import ImageLoadError, image_size, load_image
 from netvlad.extract.config import ExtractConfig, default_num_workers, tune_malloc
 from netvlad.extract.sizing import SizePolicy, fitted_preprocess
-from netvlad.io import FeatureWriter
+from netvlad.io import FeatureWriter, OutputStatus
 
 logger = logging.getLogger("netvlad.extract")
 
@@ -256,7 +256,8 @@ def _check_model(model) -> None:
 
 def extract_features(model, paths: Sequence[str | Path], names: Sequence[str], out: str | Path,
                      config: ExtractConfig | None = None, *,
-                     callback: Callable[[int, int], None] | None = None, **overrides) -> Path:
+                     callback: Callable[[int, int], None] | None = None,
+                     on_status: Callable[[OutputStatus], None] | None = None, **overrides) -> Path:
     """Extract descriptors of ``paths`` into the feature file ``out`` (resumable, atomic).
 
     Args:
@@ -269,6 +270,9 @@ def extract_features(model, paths: Sequence[str | Path], names: Sequence[str], o
             ``max_side=`` (0: native resolution), ``max_pixels=``, ``oversize=``,
             ``exif_orientation=``, ``model_ref=``, ...).
         callback: called as ``callback(rows_done, num_images)`` after each stored batch.
+        on_status: called once, before any image is read, with the writer's decision
+            (:class:`netvlad.io.OutputStatus`: ``kind`` "new", "resume" or "up-to-date", rows
+            ``done``, and a ``message`` such as "resuming OUT: 16 of 56 rows done").
 
     Returns:
         ``out``. An existing ``out`` from the same model, preprocessing and image list is reused
@@ -312,6 +316,8 @@ def extract_features(model, paths: Sequence[str | Path], names: Sequence[str], o
                            overwrite=cfg.overwrite)
     todo = writer.open()
     logger.info(writer.status.message)
+    if on_status is not None:
+        on_status(writer.status)
     if writer.status.kind == "up-to-date":
         return out
     try:
@@ -337,14 +343,14 @@ def extract_features(model, paths: Sequence[str | Path], names: Sequence[str], o
     return path
 
 
-def compute_descriptors(model, paths: Sequence[str | Path], config: ExtractConfig | None = None,
-                        **overrides) -> np.ndarray:
+def compute_descriptors(model, paths: Sequence[str | Path], config: ExtractConfig | None = None, *,
+                        label: str = "descriptors", **overrides) -> np.ndarray:
     """Descriptors of ``paths`` in memory: an N×out_dim float32 array (rows of bad images are NaN
     with ``skip_bad=True``; otherwise a bad image raises ImageLoadError naming it). Bad images are
     those :func:`extract_features` calls bad (unreadable, decompression bombs, refused oversize).
 
     Same batching and speed settings as :func:`extract_features` (``batch_size=``, ``device=``,
-    ``progress=``, ... as keyword overrides of ``config``).
+    ``progress=``, ... as keyword overrides of ``config``); ``label`` names the progress bar.
     """
     cfg = _config(config, overrides)
     paths = [Path(p) for p in paths]
@@ -352,7 +358,7 @@ def compute_descriptors(model, paths: Sequence[str | Path], config: ExtractConfi
     preprocess_for(model, cfg.max_side)  # a bad max_side fails before any image is read
     result = np.full((len(paths), int(model.out_dim)), np.nan, dtype=np.float32)
     with contextlib.closing(_iter_descriptors(model, paths, np.ones(len(paths), bool), cfg,
-                                              desc="descriptors")) as batches:
+                                              desc=label)) as batches:
         for rows, desc, _ in batches:
             if desc is not None:
                 result[rows] = desc

@@ -111,7 +111,7 @@ def output_status(out: str | Path, identity: FeatureIdentity, num_images: int,
             # Files of netvlad versions that counted rows before they were on disk.
             logger.warning("%s: recorded progress %s disagrees with the %d rows on disk; resuming from "
                            "the rows on disk", part, attrs.get("done"), done)
-        return OutputStatus("resume", done, f"{out}: resuming after {done} of {num_images} images")
+        return OutputStatus("resume", done, f"resuming {out}: {done} of {num_images} rows done")
     return OutputStatus("new", 0, f"{out}: new ({num_images} images)")
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import json
+import io
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -12,13 +13,15 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from netvlad._atomic import atomic_write, atomic_write_text
+from netvlad._atomic import atomic_write
 from netvlad._outputs import check_output_dir, folder_holds_only
 from netvlad.synth.config import SPLITS, SynthConfig
+from netvlad.synth.manifest import JOURNAL, MANIFEST, TownWriter, prepare_folder
 from netvlad.synth.render import CONDITIONS, Camera, Renderer, sample_condition
 from netvlad.synth.town import District, Town, build_town
 
 _KINDS = ("db", "query")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -180,8 +183,10 @@ def render_view(renderer: Renderer, view: View) -> np.ndarray:
     return renderer.render(view.camera, cond, district, occ, rng)
 
 
-def _save_jpeg(img: np.ndarray, path: Path, quality: int) -> None:
-    atomic_write(path, lambda tmp: Image.fromarray(img).save(tmp, format="JPEG", quality=quality))
+def _jpeg_bytes(img: np.ndarray, quality: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
 
 
 @dataclass
@@ -193,9 +198,11 @@ class SynthTown:
     csv: dict[str, Path]
     mat: dict[str, Path]
     seconds: float
+    kept: int = 0  # images of an interrupted or earlier run that verified and were kept
 
     def summary(self) -> str:
-        lines = [f"town in {self.out} ({self.seconds:.1f} s)"]
+        resumed = f", kept {self.kept} verified images of an earlier run" if self.kept else ""
+        lines = [f"town in {self.out} ({self.seconds:.1f} s{resumed})"]
         for split, ds in self.datasets.items():
             lines.append(
                 f"  {split:5s}: {ds.num_db:5d} db, {ds.num_queries:4d} queries  {self.csv[split]}  "
@@ -226,7 +233,7 @@ def to_dataset(town: Town, split: str, db: list[View], queries: list[View], root
 
 
 #: What `generate_town` writes into its folder (hidden temporaries aside).
-TOWN_ENTRIES = (*SPLITS, "town.json", "map.png")
+TOWN_ENTRIES = (*SPLITS, MANIFEST, JOURNAL, "map.png")
 
 
 def is_town_dir(path: Path) -> bool:
@@ -239,13 +246,20 @@ def generate_town(
 ) -> SynthTown:
     """Build, render and write a town: ``out/<split>/images/*.jpg`` (database),
     ``out/<split>/queries/*.jpg``, ``out/<split>/synth_<split>.csv`` and ``.mat`` (dbStruct),
-    ``out/town.json`` (config + counts) and ``out/map.png`` (top-down map of the three areas).
+    ``out/town.json`` (manifest: version, seed, config, counts, size and sha256 of every file) and
+    ``out/map.png`` (top-down map of the three areas).
 
-    Re-running into the same folder with the same config only renders missing images (finished
-    images are written atomically); a folder made with another config is refused unless `overwrite`.
+    Rerunning into the same folder resumes: with the same config and version, images already written
+    and verified (size and sha256 in the manifest or the journal of a killed run) are kept and the
+    rest rendered, giving the same bytes as an undisturbed run. A folder holding another town (other
+    seed, config or version), an unreadable manifest, or town files without one is refused unless
+    `overwrite`, which deletes the old town's files and starts over. See `netvlad.synth.manifest`.
 
     Returns:
         `SynthTown` with the three `PlaceDataset` splits.
+
+    Raises:
+        ValueError: the folder holds another town (and not `overwrite`).
     """
     from netvlad.data import save_csv, save_mat
 
@@ -253,45 +267,71 @@ def generate_town(
     out = Path(out)
     check_output_dir(out, is_ours=is_town_dir, kind="synthetic town folder")
     t0 = time.perf_counter()
-    meta_path = out / "town.json"
-    if meta_path.exists() and not overwrite:
-        try:
-            old = json.loads(meta_path.read_text())["config"]
-        except (ValueError, KeyError) as exc:
-            raise ValueError(f"{meta_path}: unreadable town metadata ({exc}); pass overwrite=True") from None
-        if old != json.loads(json.dumps(config.to_dict())):
-            raise ValueError(
-                f"{out}: holds a town made with another config/seed; use another folder or overwrite"
-            )
+    kept, recorded_town = prepare_folder(out, config, overwrite)
     town = build_town(config, progress=progress)
+    fingerprint = town.fingerprint()
+    if kept and recorded_town != fingerprint:
+        logger.warning(
+            "%s: the town differs from the one of the earlier run (installed photo packages changed?): "
+            "rendering every image again",
+            out,
+        )
+        kept = {}
     renderer = Renderer(town, config.width, config.height)
     plans = {split: plan_views(town, split) for split in SPLITS}
-    total = sum(len(db) + len(q) for db, q in plans.values())
-    datasets, csvs, mats = {}, {}, {}
-    with tqdm(total=total, desc="town: render", unit="img", disable=not progress) as bar:
+    folders = {split: (f"{split}/images", f"{split}/queries") for split in SPLITS}
+    planned = {
+        f"{folder}/{v.name}"
+        for split, (db, q) in plans.items()
+        for views, folder in zip((db, q), folders[split])
+        for v in views
+    }
+    writer = TownWriter(out, config, fingerprint, kept)
+    try:
+        writer.start(planned)
+        n_kept = _write_images(writer, renderer, plans, folders, progress)
+        datasets, csvs, mats = {}, {}, {}
         for split in SPLITS:
-            db, queries = plans[split]
             root = out / split
-            for views, folder in ((db, root / "images"), (queries, root / "queries")):
-                folder.mkdir(parents=True, exist_ok=True)
-                for view in views:
-                    path = folder / view.name
-                    if overwrite or not path.exists():
-                        _save_jpeg(render_view(renderer, view), path, config.jpeg_quality)
-                    bar.update(1)
-            ds = to_dataset(town, split, db, queries, root)
-            datasets[split] = ds
+            datasets[split] = ds = to_dataset(town, split, *plans[split], root)
             csvs[split] = save_csv(ds, root / f"synth_{split}.csv")
             mats[split] = save_mat(ds, root / f"synth_{split}.mat", which_set=split)
-    plot_town_map(town, plans, out / "map.png")
-    meta = {
-        "config": config.to_dict(),
-        "facades": town.num_facades,
-        "photos": town.n_photos,
-        "splits": {s: {"db": d.num_db, "queries": d.num_queries} for s, d in datasets.items()},
-    }
-    atomic_write_text(meta_path, json.dumps(meta, indent=1))
-    return SynthTown(out, datasets, csvs, mats, time.perf_counter() - t0)
+        map_png = plot_town_map(town, plans, out / "map.png")
+        meta = {
+            "facades": town.num_facades,
+            "photos": town.n_photos,
+            "splits": {s: {"db": d.num_db, "queries": d.num_queries} for s, d in datasets.items()},
+        }
+        extra = [*csvs.values(), *mats.values(), *([map_png] if map_png else [])]
+        writer.finish(meta, extra)
+    finally:
+        writer.close()
+    return SynthTown(out, datasets, csvs, mats, time.perf_counter() - t0, n_kept)
+
+
+def _write_images(
+    writer: TownWriter,
+    renderer: Renderer,
+    plans: dict[str, tuple[list[View], list[View]]],
+    folders: dict[str, tuple[str, str]],
+    progress: bool,
+) -> int:
+    """Render and write every planned image `writer` does not already hold; returns how many it held."""
+    n_kept = 0
+    total = sum(len(db) + len(q) for db, q in plans.values())
+    quality = renderer.town.config.jpeg_quality
+    with tqdm(total=total, desc="town: render", unit="img", disable=not progress) as bar:
+        for split in SPLITS:
+            for views, folder in zip(plans[split], folders[split]):
+                (writer.out / folder).mkdir(parents=True, exist_ok=True)
+                for view in views:
+                    rel = f"{folder}/{view.name}"
+                    if writer.has(rel):
+                        n_kept += 1
+                    else:
+                        writer.write(rel, _jpeg_bytes(render_view(renderer, view), quality))
+                    bar.update(1)
+    return n_kept
 
 
 def plot_town_map(town: Town, plans: dict[str, tuple[list[View], list[View]]], path: Path) -> Path | None:

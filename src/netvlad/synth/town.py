@@ -6,6 +6,7 @@ headings are compass bearings in degrees (0 = north, 90 = east).
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 
@@ -88,6 +89,16 @@ class Town:
     @property
     def num_facades(self) -> int:
         return len(self.seg_tex)
+
+    def fingerprint(self) -> str:
+        """sha256 of the geometry and every texel: what the images are rendered from besides the
+        config, i.e. what installed photo packages change."""
+        h = hashlib.sha256()
+        a = self.atlas
+        geometry = (self.seg_a, self.seg_b, self.seg_z0, self.seg_z1, self.seg_tex, self.vehicle_tex)
+        for arr in (*geometry, a.colors, a.emissive, a.offset, a.width, a.height):
+            h.update(np.ascontiguousarray(arr).tobytes())
+        return h.hexdigest()
 
 
 def _intersect(p1, d1, p2, d2) -> np.ndarray:

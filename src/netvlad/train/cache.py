@@ -20,8 +20,11 @@ _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torc
 # descriptors
 
 
-def _descriptors(model, paths: Sequence[Path], config: TrainConfig, device, progress: bool) -> np.ndarray:
-    """N×out_dim float32 descriptors, computed in contiguous shards over ranks and all-gathered."""
+def _descriptors(
+    model, paths: Sequence[Path], config: TrainConfig, device, progress: bool, label: str
+) -> np.ndarray:
+    """N×out_dim float32 descriptors, computed in contiguous shards over ranks and all-gathered;
+    `label` names the progress bar."""
     rank, world = D.rank_world()
     sl = D.shard(len(paths), rank, world)
     mine_paths = list(paths)[sl]
@@ -35,6 +38,7 @@ def _descriptors(model, paths: Sequence[Path], config: TrainConfig, device, prog
             device=str(device),
             progress=progress and rank == 0,
             num_workers=config.num_workers,
+            label=label,
         )
     else:
         local = np.zeros((0, int(model.out_dim)), np.float32)
@@ -51,12 +55,19 @@ def _mining_pca(db: np.ndarray, q: np.ndarray, dim: int) -> tuple[np.ndarray, np
 
 
 def refresh_cache(
-    model, train_ds, query_ids: np.ndarray, config: TrainConfig, device, progress: bool = True
+    model,
+    train_ds,
+    query_ids: np.ndarray,
+    config: TrainConfig,
+    device,
+    progress: bool = True,
+    label: str = "cache refresh",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Recompute the mining cache: (db N×d, queries len(query_ids)×d) in ``config.cache_dtype``."""
+    """Recompute the mining cache: (db N×d, queries len(query_ids)×d) in ``config.cache_dtype``.
+    Progress bars: "`label` (database)" and "`label` (queries)"."""
     qpaths = train_ds.query_paths()
-    db = _descriptors(model, train_ds.db_paths(), config, device, progress)
-    q = _descriptors(model, [qpaths[i] for i in query_ids], config, device, progress)
+    db = _descriptors(model, train_ds.db_paths(), config, device, progress, f"{label} (database)")
+    q = _descriptors(model, [qpaths[i] for i in query_ids], config, device, progress, f"{label} (queries)")
     if config.mining_pca_dim:
         db, q = _mining_pca(db, q, config.mining_pca_dim)
     dt = _DTYPES[config.cache_dtype]
@@ -69,9 +80,12 @@ def refresh_cache(
 # evaluation
 
 
-def evaluate_places(model, ds, config: TrainConfig, device, progress: bool = True) -> dict:
+def evaluate_places(
+    model, ds, config: TrainConfig, device, progress: bool = True, label: str = "validation"
+) -> dict:
     """Val recall@N on ≤ ``n_test_sample`` queries and rank loss on ≤ ``n_test_rank_sample`` queries
-    (both sampled with seed 43 as ``testNet``), computing descriptors for the sampled queries only."""
+    (both sampled with seed 43 as ``testNet``), computing descriptors for the sampled queries only.
+    Progress bars: "`label` (database)" and "`label` (queries)"."""
     from netvlad.metrics import evaluate_dataset, rank_loss, sample_queries
 
     n_q = ds.num_queries
@@ -81,8 +95,8 @@ def evaluate_places(model, ds, config: TrainConfig, device, progress: bool = Tru
     )
     union = np.unique(np.concatenate([sel_recall, sel_rank]))
     qpaths = ds.query_paths()
-    db = _descriptors(model, ds.db_paths(), config, device, progress)
-    qd = _descriptors(model, [qpaths[i] for i in union], config, device, progress)
+    db = _descriptors(model, ds.db_paths(), config, device, progress, f"{label} (database)")
+    qd = _descriptors(model, [qpaths[i] for i in union], config, device, progress, f"{label} (queries)")
     row = {int(q): i for i, q in enumerate(union)}
     res = evaluate_dataset(
         ds.subset_queries(sel_recall), db, qd[[row[int(q)] for q in sel_recall]], ns=config.recall_ns

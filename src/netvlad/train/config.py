@@ -64,6 +64,10 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "lr_down_freq", "comp_feats_frequency", "save_frequency"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if int(self.num_workers) < 0:
+            raise ValueError(
+                f"TrainConfig.num_workers must be >= 0 (0 = in the main process), got {self.num_workers}"
+            )
         if self.lr <= 0:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
         if any(s <= 0 for s in self.jitter_scale):

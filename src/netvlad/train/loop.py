@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -103,6 +104,60 @@ def _embed(model, tensors: list[torch.Tensor], device, amp: bool) -> torch.Tenso
 
 
 # ---------------------------------------------------------------------------------------------
+# what the user is told
+
+
+def _resume_message(pos: Position, cfg: TrainConfig, checkpoint: Path) -> str:
+    where = f"resuming from epoch {pos.epoch}, query {pos.batch * cfg.batch_size} (checkpoint {checkpoint})"
+    if pos.epoch > cfg.epochs:
+        return f"{where}: all {cfg.epochs} epochs are done; pass a larger --epochs to train on"
+    return where
+
+
+@dataclass
+class _EpochSums:
+    """Running totals of one epoch's batches, for its summary line."""
+
+    loss: float = 0.0  # Σ per-query losses
+    mined: float = 0.0  # queries that had a positive
+    violators: float = 0.0
+    resumed: bool = False  # the epoch's first batches ran in an earlier process
+
+    def add(self, loss_sum: float, n_mined: float, n_viol: float) -> None:
+        self.loss += loss_sum
+        self.mined += n_mined
+        self.violators += n_viol
+
+    @classmethod
+    def of_records(cls, records: list[dict], resumed: bool = False) -> _EpochSums:
+        """Totals of metrics.jsonl batch records (the batches run before a resume)."""
+        sums = cls(resumed=resumed)
+        for r in records:
+            m = float(r.get("mined", 0))
+            sums.add(
+                float(r.get("loss", 0.0)) * m,
+                m,
+                float(r.get("violators", r.get("violators_per_query", 0.0) * m)),
+            )
+        return sums
+
+    def summary(self, epoch: int, epochs: int, recall: dict, seconds: float) -> str:
+        loss = self.loss / self.mined if self.mined else float("nan")
+        viol = self.violators / self.mined if self.mined else float("nan")
+        since = " since the resume" if self.resumed else ""
+        return (
+            f"epoch {epoch}/{epochs}: mean loss {loss:.4f}, {viol:.2f} violators per query, "
+            f"{_recall_text(recall)}, {seconds:.1f} s{since}"
+        )
+
+
+def _recall_text(recall: dict) -> str:
+    """The text "val recall@1/5/10 a/b/c" (the first three Ns when 1, 5 and 10 were not computed)."""
+    ns = [n for n in (1, 5, 10) if n in recall] or sorted(recall)[:3]
+    return f"val recall@{'/'.join(map(str, ns))} " + "/".join(f"{recall[n]:.3f}" for n in ns)
+
+
+# ---------------------------------------------------------------------------------------------
 # fit
 
 
@@ -116,6 +171,7 @@ def fit(
     progress: bool = True,
     resume: bool = False,
     run_info: dict | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> Path:
     """Train `model` with the weakly supervised triplet ranking loss (``trainWeakly``).
 
@@ -129,6 +185,8 @@ def fit(
         progress: tqdm bars (rank 0 only).
         resume: continue from ``out_dir/ckpt_latest.pt``.
         run_info: extra entries for config.json (e.g. the CLI's dataset specs and model name).
+        log: receives the user-facing lines (where a resume starts, one summary per epoch);
+            default: this module's logger at INFO. Rank 0 only.
 
     Returns:
         the run directory.
@@ -166,6 +224,8 @@ def fit(
     metrics = MetricsLog(run_dir / "metrics.jsonl", is_main)
     mcfg = cfg.mining()
     pos = Position()
+    say = (log or logger.info) if is_main else (lambda _msg: None)
+    epoch_sums = _EpochSums()
 
     def save(path: Path) -> None:
         if is_main:
@@ -191,6 +251,9 @@ def fit(
         pos = Position(**tr["position"])
         set_rng_state(tr["rng"])
         metrics.truncate_to(pos)
+        say(_resume_message(pos, cfg, run_dir / LATEST))
+        if pos.batch:
+            epoch_sums = _EpochSums.of_records(metrics.batch_records(pos.epoch), resumed=True)
         cached = load_cache(run_dir, pos.refresh_id)
         if cached is None:
             logger.warning(
@@ -198,7 +261,9 @@ def fit(
                 "will not be bit-identical)",
                 cache_path(run_dir, pos.refresh_id),
             )
-            db_cache, q_cache = refresh_cache(model, train_ds, train_q, cfg, device, progress)
+            db_cache, q_cache = refresh_cache(
+                model, train_ds, train_q, cfg, device, progress, label="cache refresh (missing cache)"
+            )
         else:
             db_cache, q_cache = cached
     else:
@@ -232,9 +297,9 @@ def fit(
             model.to(device)
         D.broadcast_model(model)
         if cfg.test0:
-            ev = evaluate_places(model, val_ds, cfg, device, progress)
+            ev = evaluate_places(model, val_ds, cfg, device, progress, label="off-the-shelf validation")
             metrics.write({"type": "epoch", "epoch": 0, **ev})
-            logger.info("off-the-shelf val recall@%s", ev["val_recall"])
+            say(f"epoch 0 (off-the-shelf): {_recall_text(ev['val_recall'])}")
         db_cache, q_cache = refresh_cache(model, train_ds, train_q, cfg, device, progress)
         pos.refresh_id = 1
         if is_main and cfg.save_cache:
@@ -265,9 +330,10 @@ def fit(
         if cfg.limit_batches is not None:
             n_batches = min(n_batches, cfg.limit_batches)
         start = pos.batch if epoch == pos.epoch else 0
+        t_epoch = time.perf_counter()
         bar = tqdm(
             range(start, n_batches),
-            desc=f"epoch {epoch}/{cfg.epochs}",
+            desc=f"train epoch {epoch}/{cfg.epochs} ({n_batches * cfg.batch_size} queries)",
             unit="batch",
             disable=not (progress and is_main),
             dynamic_ncols=True,
@@ -345,6 +411,7 @@ def fit(
             opt.zero_grad(set_to_none=True)
             pos.batch, pos.global_batch = b + 1, pos.global_batch + 1
             batch_loss = loss_sum / n_mined if n_mined else 0.0
+            epoch_sums.add(loss_sum, n_mined, n_viol)
             metrics.write(
                 {
                     "type": "batch",
@@ -359,6 +426,7 @@ def fit(
                     "skipped": int(n_skip),
                     "tuples": int(n_tup),
                     "violators_per_query": n_viol / n_mined if n_mined else 0.0,
+                    "violators": int(n_viol),
                     "cache_age_queries": (pos.global_batch - 1 - pos.cache_batch) * cfg.batch_size,
                     "lr": lr,
                     "seconds": time.perf_counter() - t0,
@@ -372,11 +440,16 @@ def fit(
                     prune_caches(run_dir, {pos.refresh_id})
         bar.close()
         # end of epoch: val test, full train refresh (the next epoch's cache), checkpoints
-        ev = evaluate_places(model, val_ds, cfg, device, progress)
+        ev = evaluate_places(model, val_ds, cfg, device, progress, label=f"epoch {epoch} validation")
         metrics.write({"type": "epoch", "epoch": epoch, **ev})
-        logger.info("epoch %d val recall@%s rank loss %s", epoch, ev["val_recall"], ev["val_rankloss"])
+        logger.debug("epoch %d val recall@%s rank loss %s", epoch, ev["val_recall"], ev["val_rankloss"])
+        say(epoch_sums.summary(epoch, cfg.epochs, ev["val_recall"], time.perf_counter() - t_epoch))
+        epoch_sums = _EpochSums()
         db_cache, q_cache = (
-            t.to(device) for t in refresh_cache(model, train_ds, train_q, cfg, device, progress)
+            t.to(device)
+            for t in refresh_cache(
+                model, train_ds, train_q, cfg, device, progress, label=f"epoch {epoch} cache refresh"
+            )
         )
         pos.refresh_id += 1
         pos.epoch, pos.batch, pos.cache_batch = epoch + 1, 0, pos.global_batch

@@ -20,6 +20,13 @@ class MetricsLog:
             with open(self.path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
 
+    def batch_records(self, epoch: int) -> list[dict]:
+        """The batch records of `epoch` written so far."""
+        if not self.enabled or not self.path.is_file():
+            return []
+        recs = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        return [r for r in recs if r.get("type") == "batch" and r.get("epoch") == epoch]
+
     def truncate_to(self, pos) -> None:
         """Drop records written after the checkpoint `pos` (they will be redone)."""
         if not self.enabled or not self.path.is_file():

@@ -266,6 +266,15 @@ def load_mat(path: str | Path, images: str | Path | None = None) -> PlaceDataset
     )
 
 
+# The 128-byte v5 file header: 116 bytes of text, 8 of subsystem offset, version 0x0100 and the
+# endian indicator "IM", both in native byte order as scipy writes the data.
+_V5_HEADER = (
+    b"MATLAB 5.0 MAT-file, written by netvlad".ljust(116, b" ")
+    + bytes(8)
+    + np.array([0x0100, 0x4D49], dtype=np.uint16).tobytes()
+)
+
+
 def save_mat(ds: PlaceDataset, path: str | Path, which_set: str | None = None) -> Path:
     """Write ``ds`` as a MATLAB v5 ``dbStruct`` that Relja/netvlad's ``dbBase`` and pytorch-NetVlad read.
 
@@ -304,6 +313,9 @@ def save_mat(ds: PlaceDataset, path: str | Path, which_set: str | None = None) -
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
+            # Our own header first: scipy's holds the creation time, so two identical datasets
+            # would give different bytes. savemat skips its header when the stream is not at 0.
+            f.write(_V5_HEADER)
             scipy.io.savemat(f, {"dbStruct": s}, format="5", do_compression=True, oned_as="column")
 
     return atomic_write(path, write)
