@@ -436,7 +436,7 @@ def test_errors_name_the_file_and_the_problem(tmp_path, capsys):
     assert "a pytorch-NetVlad model; --pca applies to OpenIBL training checkpoints only" in err
     err = _cli_error(capsys, tmp_path, src, "--method", "vladv2_preL2_intra")
     assert "the file's head is vlad_preL2_intra; --method vladv2_preL2_intra contradicts it" in err
-    assert "is an input file" in _cli_error(capsys, tmp_path, src, "--out", str(src))
+    assert "is also an input (FILE" in _cli_error(capsys, tmp_path, src, "--out", str(src))
 
     gem = _fake_vgg_keys("backbone.") | {"aggregation.1.p": torch.ones(1)}
     torch.save(gem, src)

@@ -170,12 +170,9 @@ def run_convert(args) -> int:
 
     if args.num_clusters < 2:
         raise CLIError(f"--num-clusters must be >= 2, got {args.num_clusters}")
-    check_output_file(args.out, inputs=[("FILE", args.mat)], is_ours=is_netvlad_checkpoint,
-                      kind="netvlad checkpoint", overwrite=args.overwrite)
+    check_output_file(args.out, inputs=[("FILE", args.mat), ("--pca", args.pca)],
+                      is_ours=is_netvlad_checkpoint, kind="netvlad checkpoint", overwrite=args.overwrite)
     config = ConvertConfig(method=args.method, crop=args.crop, num_clusters=args.num_clusters)
-    inputs = [args.mat] + ([args.pca] if args.pca is not None else [])
-    if any(args.out.resolve() == p.resolve() for p in inputs):
-        raise CLIError(f"--out {args.out} is an input file; choose another path")
     options = {} if args.pca is None else {"pca": args.pca}
     model, info = convert_file(args.mat, config, **options)
     save_model(model, args.out, extra={"converted_from": info.to_dict()})
