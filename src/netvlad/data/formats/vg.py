@@ -1,0 +1,245 @@
+"""The VPR suite in gmberton's layout (deep-visual-geo-localization-benchmark, VPR-datasets-downloader,
+CosPlace), and where each suite dataset lives under a folder of datasets.
+
+Layout: ``DATASET/images/{train,val,test}/{database,queries}/`` of ``@``-named ``.jpg`` files
+(``@easting@northing@zone@letter@lat@lon@pano@tile@heading@pitch@roll@height@timestamp@note@.jpg``).
+Read as the benchmark's ``BaseDataset`` reads it: ``glob("**/*.jpg")`` under each folder (other
+files are ignored), UTM easting and northing taken from the name as written (no re-projection,
+whatever the zone), positives within 25 m for every dataset (``val_positive_dist_threshold``).
+The downloader places its dummy coordinates so that 25 m is each dataset's own rule: Nordland
+frames 25/10.5 m apart on one line (±10 frames), SPED one image per 1000 m (the same place only).
+CosPlace's SF-XL keeps its splits without ``images/`` (``sf_xl/processed/test``) and names its
+query folders ``queries_v1``, ``queries_night``, ...: choose one with ``?queries=NAME``
+(``queries_v1``, CosPlace's test set, by default).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from netvlad.data.formats.folders import load_at_folder, parse_at_name
+from netvlad.data.places import PlaceDataset
+
+SPLITS = ("test", "val", "train")
+OPTIONS = ("split", "queries")
+#: Folder names of MSLS in this layout (VPR-datasets-downloader's format_mapillary.py).
+MSLS_FOLDERS = ("msls", "mapillary_sls")
+
+
+def _split_dir(root: Path, split: str) -> Path | None:
+    for d in (root / "images" / split, root / split):
+        if (d / "database").is_dir():
+            return d
+    return None
+
+
+def is_vg_root(path: str | Path) -> bool:
+    """A dataset folder of this layout: ``images/<split>/database`` (or ``<split>/database``)."""
+    path = Path(path)
+    return path.is_dir() and any(_split_dir(path, s) is not None for s in SPLITS)
+
+
+def _query_dir(split_dir: Path, queries: str | None) -> str:
+    if queries:
+        if not (split_dir / queries).is_dir():
+            subs = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+            raise FileNotFoundError(f"{split_dir}: no query folder {queries}/ (found {', '.join(subs)})")
+        return queries
+    for q in ("queries", "queries_v1"):
+        if (split_dir / q).is_dir():
+            return q
+    subs = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    raise FileNotFoundError(f"{split_dir}: no queries/ folder (found {', '.join(subs)}); name the query "
+                            "folder with ?queries=NAME")
+
+
+def load_vg(root: str | Path, split: str | None = None, queries: str | None = None,
+            name: str | None = None) -> PlaceDataset:
+    """Load one split of a dataset in gmberton's layout (see module docstring).
+
+    Args:
+        root: the dataset folder (``pitts30k``, holding ``images/``).
+        split: ``test``, ``val`` or ``train``; default the first present of test, val, train.
+        queries: the query folder (default ``queries``, or ``queries_v1`` for SF-XL).
+        name: the dataset's name (default ``<folder>_<split>``, e.g. ``pitts30k_test``).
+
+    Returns:
+        `PlaceDataset` (Tokyo 24/7's panorama de-duplication when the folder is named like it and
+        the names carry panorama ids; MSLS's protocol and day/night conditions for MSLS).
+    """
+    root = Path(root)
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"{root}: unknown split {split!r}; choose from {', '.join(SPLITS)}")
+    present = [s for s in SPLITS if _split_dir(root, s) is not None]
+    if not present:
+        raise FileNotFoundError(f"{root}: no images/<split>/database folder (splits: {', '.join(SPLITS)})")
+    split = split or present[0]
+    d = _split_dir(root, split)
+    if d is None:
+        raise FileNotFoundError(f"{root}: no split {split!r} (present: {', '.join(present)})")
+    folder = root.parent.name if root.name == "processed" else root.name  # CosPlace: sf_xl/processed
+    ds = load_at_folder(d, name=name or f"{folder}_{split}", queries=_query_dir(d, queries),
+                        extensions=(".jpg",), raw_utm=True)
+    if folder.lower() in MSLS_FOLDERS and ds.protocol != "msls":
+        ds.protocol = "msls"
+    return ds
+
+
+def vg_options(options: dict[str, str]) -> dict:
+    """Keyword arguments of :func:`load_vg` from SPEC options (``split``, ``queries``)."""
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(unknown)} for this layout; known: {', '.join(OPTIONS)}")
+    return {k: v for k, v in options.items() if v}
+
+
+# ----------------------------------------------------------------------------- the suite
+
+
+@dataclass(frozen=True)
+class SuiteDataset:
+    """Where a suite dataset lives under a folder of datasets, and what it is.
+
+    Attributes:
+        name: the name ``benchmark vpr --datasets`` takes.
+        folders: candidate folder names under the root (first found wins).
+        split: the split evaluated; queries: its query folder (None: ``queries``).
+        title: the dataset, in words; source: where to get it.
+        msls_cities: for MSLS in its own layout, the cities (its validation set).
+    """
+
+    name: str
+    folders: tuple[str, ...]
+    split: str = "test"
+    queries: str | None = None
+    title: str = ""
+    source: str = ""
+    msls_cities: tuple[str, ...] | None = None
+
+
+_DOWNLOADER = "gmberton/VPR-datasets-downloader"
+SUITE: dict[str, SuiteDataset] = {s.name: s for s in (
+    SuiteDataset("msls_val", ("msls", "mapillary_sls"), "val", title="Mapillary SLS val (cph, sf)",
+                 source="mapillary.com/dataset/places", msls_cities=("cph", "sf")),
+    SuiteDataset("pitts30k_test", ("pitts30k",), title="Pittsburgh 30k test", source=_DOWNLOADER),
+    SuiteDataset("pitts30k_val", ("pitts30k",), "val", title="Pittsburgh 30k val", source=_DOWNLOADER),
+    SuiteDataset("pitts250k_test", ("pitts250k",), title="Pittsburgh 250k test", source=_DOWNLOADER),
+    SuiteDataset("pitts250k_val", ("pitts250k",), "val", title="Pittsburgh 250k val", source=_DOWNLOADER),
+    SuiteDataset("tokyo247", ("tokyo247",), title="Tokyo 24/7", source=_DOWNLOADER),
+    SuiteDataset("nordland", ("nordland",), title="Nordland (summer db, winter queries)", source=_DOWNLOADER),
+    SuiteDataset("st_lucia", ("st_lucia",), title="St Lucia", source=_DOWNLOADER),
+    SuiteDataset("sf_xl_test", ("sf_xl/processed", "sf_xl"), queries="queries_v1",
+                 title="SF-XL test (queries_v1)", source="gmberton/CosPlace (SF-XL)"),
+    SuiteDataset("san_francisco", ("san_francisco",), title="San Francisco Landmark", source=_DOWNLOADER),
+    SuiteDataset("sped", ("sped",), title="SPED", source=_DOWNLOADER),
+    SuiteDataset("eynsham", ("eynsham",), title="Eynsham", source=_DOWNLOADER),
+    SuiteDataset("svox", ("svox",), title="SVOX", source=_DOWNLOADER),
+    SuiteDataset("amstertime", ("amstertime",), title="AmsterTime", source=_DOWNLOADER),
+    SuiteDataset("baidu", ("baidu",), title="Baidu", source=_DOWNLOADER),
+)}
+
+
+def find_suite_dataset(name: str, root: str | Path) -> str:
+    """The SPEC of suite dataset ``name`` under ``root`` (a folder of datasets).
+
+    Known names (`SUITE`) are looked up in gmberton's layout (``ROOT/pitts30k/images/test``), MSLS
+    also in its own layout (``ROOT/msls/train_val/...``, cities cph, sf). Any other name is
+    ``ROOT/NAME`` in any supported format (``ROOT/pitts30k_test.mat``, ``ROOT/my_set.csv``, ...),
+    else ``ROOT/NAME/images/test``.
+
+    Raises:
+        FileNotFoundError: nothing for ``name`` under ``root`` (the message names where it looked).
+    """
+    from netvlad.data.formats.msls import is_msls_root
+
+    root = Path(root)
+    entry = SUITE.get(name)
+    looked = []
+    if entry is not None:
+        for folder in entry.folders:
+            d = root / folder
+            looked.append(str(d))
+            if entry.msls_cities and is_msls_root(d) and not is_vg_root(d):
+                return f"msls:{d}?cities={','.join(entry.msls_cities)}"
+            if is_vg_root(d) and _split_dir(d, entry.split) is not None:
+                q = f"&queries={entry.queries}" if entry.queries else ""
+                return f"vg:{d}?split={entry.split}{q}"
+    else:
+        for cand in sorted(root.glob(f"{name}.*")) + [root / name]:
+            looked.append(str(cand))
+            if cand.exists():
+                return f"vg:{cand}?split=test" if is_vg_root(cand) else str(cand)
+    raise FileNotFoundError(f"{name}: not found under {root} (looked for {', '.join(looked) or name}); "
+                            f"known suite names: {', '.join(SUITE)}")
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def check_vg(root: str | Path, split: str | None = None, queries: str | None = None
+             ) -> list[tuple[str, str, str, list[str]]]:
+    """Layout findings for ``dataset check``: (severity, code, message, items).
+
+    Every split present has ``database/`` and ``queries/``; every ``.jpg`` has an ``@`` name with
+    numeric easting/northing; other files are named (the benchmark ignores them); per-dataset rules
+    of the downloader: SPED and Nordland pair each query with the database image of the same
+    number, Nordland's consecutive frames lie 25/10.5 m apart.
+    """
+    root = Path(root)
+    found = []
+    present = [s for s in SPLITS if _split_dir(root, s) is not None]
+    for s in present:
+        d = _split_dir(root, s)
+        try:
+            qname = _query_dir(d, queries)
+        except FileNotFoundError as exc:
+            found.append(("error", "vg-layout", str(exc), []))
+            continue
+        for sub in ("database", qname):
+            files = sorted(p for p in (d / sub).rglob("*") if p.is_file())
+            other = [p.relative_to(d).as_posix() for p in files if not p.name.endswith(".jpg")]
+            if other:
+                found.append(("warning", "vg-not-jpg", f"{s}/{sub}: {len(other)} file(s) the VG benchmark "
+                              "ignores (it reads **/*.jpg only)", other))
+            badnames = []
+            for p in files:
+                if p.name.endswith(".jpg"):
+                    try:
+                        parse_at_name(p.name, d / sub)
+                    except ValueError as exc:
+                        badnames.append(f"{p.relative_to(d).as_posix()} ({exc})")
+            if badnames:
+                found.append(("error", "vg-bad-name", f"{s}/{sub}: file names without @easting@northing@",
+                              badnames))
+    folder = root.parent.name if root.name == "processed" else root.name
+    if folder in ("sped", "nordland") and present:
+        found += _check_paired(root, present[0], folder)
+    return found
+
+
+def _check_paired(root: Path, split: str, folder: str) -> list[tuple[str, str, str, list[str]]]:
+    """SPED / Nordland: query i and database image i share a number (the pano_id field)."""
+    d = _split_dir(root, split)
+    out = []
+    ids = {}
+    for sub in ("database", "queries"):
+        recs = [parse_at_name(p.name, d / sub) for p in sorted((d / sub).rglob("*.jpg"))]
+        ids[sub] = {r.get("pano_id"): (r["easting"], r["northing"]) for r in recs}
+    unpaired = sorted(set(ids["database"]) ^ set(ids["queries"]), key=str)
+    if unpaired:
+        out.append(("warning", "vg-unpaired", f"{folder}: {len(unpaired)} image number(s) only on one side "
+                    "(the downloader pairs each query with the database image of the same number)",
+                    [str(u) for u in unpaired]))
+    if folder == "nordland" and len(ids["database"]) > 1:
+        north = np.sort(np.array([v[1] for v in ids["database"].values()]))
+        step = np.diff(north)
+        want = 25.0 / 10.5
+        # Names hold the northing with one decimal, so steps vary by up to 0.1 m.
+        if np.any(np.abs(step - want) > 0.11):
+            out.append(("warning", "vg-nordland-spacing", f"nordland: consecutive frames are not "
+                        f"{want:.2f} m apart (25 m = 10 frames in the downloader's layout)",
+                        [f"{x:.2f} m" for x in np.unique(np.round(step, 2))[:5]]))
+    return out
