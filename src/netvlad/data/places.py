@@ -143,7 +143,8 @@ class PlaceDataset:
         if unknown:
             raise ValueError(f"{self.name}: unknown rule(s) {sorted(unknown)}; known: {sorted(KNOWN_RULES)}")
         if self.protocol not in PROTOCOLS:
-            raise ValueError(f"{self.name}: unknown protocol {self.protocol!r}; known: {', '.join(PROTOCOLS)}")
+            raise ValueError(f"{self.name}: unknown protocol {self.protocol!r}; "
+                             f"known: {', '.join(PROTOCOLS)}")
         if "tokyotm_timestamp" in self.rules and (
             self.db_timestamps is None or self.query_timestamps is None
         ):

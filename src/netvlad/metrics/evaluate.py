@@ -91,9 +91,8 @@ def evaluate(
     n_top = max(ns)
     if exclude is not None and len(exclude) != qall.shape[0]:
         raise ValueError(f"exclude has {len(exclude)} entries for {qall.shape[0]} queries")
-    ranked, db_ok, q_ok = rank_lists(
-        db, q, n_top, groups=groups, exclude=None if exclude is None else [exclude[i] for i in sel], block=block
-    )
+    sel_exclude = None if exclude is None else [exclude[i] for i in sel]
+    ranked, db_ok, q_ok = rank_lists(db, q, n_top, groups=groups, exclude=sel_exclude, block=block)
     first = first_hit_rank(ranked, pos)
     hits = (first[:, None] >= 0) & (first[:, None] < np.asarray(ns)[None, :])
     out = {
@@ -152,7 +151,9 @@ def rank_lists(
     """
     from netvlad.index import topk
 
-    factor = (DEDUP_OVERFETCH if groups is not None else 1) * (EXCLUDE_OVERFETCH if exclude is not None else 1)
+    factor = (DEDUP_OVERFETCH if groups is not None else 1) * (
+        EXCLUDE_OVERFETCH if exclude is not None else 1
+    )
     db_ok = np.isfinite(db).all(axis=1)
     q_ok = np.isfinite(q).all(axis=1)
     if not db_ok.any():

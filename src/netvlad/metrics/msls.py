@@ -30,6 +30,8 @@ from netvlad.metrics.ranking import DEFAULT_NS, SAMPLE_SEED
 #: The Ns of Mapillary's evaluate.py.
 MSLS_KS: list[int] = [1, 5, 10, 20]
 PROTOCOLS = ("netvlad", "msls")
+#: First line of the prediction files :func:`write_predictions` writes (a comment to evaluate.py).
+PREDICTIONS_HEADER = "# MSLS prediction file: query key, then its ranked database keys (netvlad evaluate)"
 
 logger = logging.getLogger(__name__)
 
@@ -164,6 +166,22 @@ def protocol_report(res: dict, query_names: Sequence[str]) -> dict:
     return out
 
 
+def protocol_line(res: dict, ds) -> str:
+    """One line saying how the recall below was counted."""
+    if res.get("protocol") == "msls":
+        left = res["num_queries_total"] - res["num_queries"]
+        return (f"protocol msls (Mapillary's evaluation): {res['num_queries']} of {res['num_queries_total']} "
+                f"queries have a database image within {ds.pos_radius:g} m; the other {left} are left out of "
+                "the denominator")
+    return "protocol netvlad (recallAtN): every query in the denominator, one without a positive is a failure"
+
+
+def has_coordinates(ds) -> bool:
+    """False for a dataset whose images carry no coordinates at all (MSLS test cities: NaN)."""
+    utm = np.asarray(ds.db_utm, dtype=np.float64)
+    return utm.size == 0 or not np.isnan(utm).all()
+
+
 # ----------------------------------------------------------------------------- prediction file
 
 
@@ -210,7 +228,7 @@ def write_predictions(path: str | Path, query_names: Sequence[str], db_names: Se
     if ranked.shape[0] != len(qkeys):
         raise ValueError(f"{path}: {ranked.shape[0]} ranked lists for {len(qkeys)} queries")
     k = ranked.shape[1]
-    lines = ["# MSLS prediction file: query key, then its ranked database keys (netvlad evaluate)"]
+    lines = [PREDICTIONS_HEADER]
     filled = 0
     for qk, row in zip(qkeys, ranked):
         row = row[row >= 0]

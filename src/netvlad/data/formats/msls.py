@@ -74,7 +74,7 @@ def _city_dirs(root: Path) -> dict[str, Path]:
 
 
 def is_msls_city(path: str | Path) -> bool:
-    """A city folder: ``query/`` and ``database/`` each with ``postprocessed.csv`` or ``subtask_index.csv``."""
+    """A city folder: ``query/`` and ``database/``, each with postprocessed.csv or subtask_index.csv."""
     path = Path(path)
     return all(
         any((path / split / f).is_file() for f in ("postprocessed.csv", "subtask_index.csv"))
@@ -161,7 +161,8 @@ class _Table:
             try:
                 out[i] = float(v)
             except ValueError:
-                raise bad(self.path, f"row {i + 2}, column {name!r}", f"cannot parse {v!r} as a number") from None
+                raise bad(self.path, f"row {i + 2}, column {name!r}",
+                          f"cannot parse {v!r} as a number") from None
         return out
 
 
@@ -266,9 +267,10 @@ def load_msls(
         purpose: ``eval`` or ``train``.
 
     Returns:
-        `PlaceDataset` with ``protocol="msls"``, image names ``<train_val|test>/<city>/<split>/images/<key>.jpg``
-        relative to the root, ``query_conditions`` ``day|night`` + ``_forward|_backward|_sideways``
-        when ``postprocessed.csv`` has night and view_direction.
+        `PlaceDataset` with ``protocol="msls"``, image names relative to the root
+        (``<train_val|test>/<city>/<split>/images/<key>.jpg``), ``query_conditions``
+        ``day|night`` + ``_forward|_backward|_sideways`` when ``postprocessed.csv`` has night and
+        view_direction.
 
     Raises:
         FileNotFoundError, ValueError: one line naming the file and the problem.
@@ -378,7 +380,7 @@ def check_msls(root: str | Path, cities=None, purpose: str = "eval") -> list[tup
                 found.append(("error", "msls-metadata", f"{city}/{sub}: metadata missing", missing))
                 continue
             tables = {f: read_table(d / f) for f in files}
-            base = files[1] if "postprocessed.csv" in files else files[1]
+            base = files[1]  # postprocessed.csv, or subtask_index.csv for a test city
             keys = _keys(tables[base], d)
             for f, t in tables.items():
                 if f == base:

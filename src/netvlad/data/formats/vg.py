@@ -92,7 +92,8 @@ def vg_options(options: dict[str, str]) -> dict:
     """Keyword arguments of :func:`load_vg` from SPEC options (``split``, ``queries``)."""
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
-        raise ValueError(f"unknown option(s) {', '.join(unknown)} for this layout; known: {', '.join(OPTIONS)}")
+        raise ValueError(f"unknown option(s) {', '.join(unknown)} for gmberton's layout; "
+                         f"known: {', '.join(OPTIONS)}")
     return {k: v for k, v in options.items() if v}
 
 
