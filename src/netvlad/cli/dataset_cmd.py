@@ -20,7 +20,8 @@ def register(sub) -> None:
         "(pitts30k_test, tokyo247), a folder with database/ and queries/ (@-named or EXIF-GPS "
         "photos), an MSLS folder (train_val/, test/; SPEC?cities=cph,sf&subtask=all) or a dataset in "
         "gmberton's layout (images/{train,val,test}/; SPEC?split=val). A file or folder in the working "
-        "directory named like a Patch-NetVLAD dataset is taken instead of it, with a warning naming both (write ./NAME to mean the path).",
+        "directory named like a Patch-NetVLAD dataset is taken instead of it, with a warning naming "
+        "both (write ./NAME to mean the path).",
     )
     dsub = p.add_subparsers(dest="dataset_command", metavar="ACTION")
 
