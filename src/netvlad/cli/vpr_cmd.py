@@ -85,8 +85,8 @@ def run_benchmark_vpr(args) -> int:
     from netvlad.cli.eval_cmd import is_report
     from netvlad.cli.extract_cmd import model_reference
     from netvlad.extract import ExtractConfig
-    from netvlad.retrieval import PLOT_TAG as VPR_PLOT_TAG
     from netvlad.retrieval import benchmark_vpr, plot_vpr
+    from netvlad.retrieval.vpr import PLOT_TAG as VPR_PLOT_TAG
     from netvlad.weights import load_model
 
     if any(n < 1 for n in args.ns):

@@ -242,7 +242,7 @@ def plot_vpr(result: VprBenchmark, out: str | Path) -> Path:
 
     rows = result.rows
     width = 0.8 / max(len(result.ns), 1)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(rows) + 2), 4.5), dpi=100)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(rows) + 3), 4.5), dpi=100)
     x = np.arange(len(rows))
     for j, n in enumerate(result.ns):
         pos = x - 0.4 + width * (j + 0.5)
@@ -257,7 +257,7 @@ def plot_vpr(result: VprBenchmark, out: str | Path) -> Path:
     ax.set_ylim(0, 100)
     ax.set_title(f"benchmark vpr: {result.model}" if result.model else "benchmark vpr")
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     fig.tight_layout()
     try:
         atomic_write(Path(out), lambda tmp: fig.savefig(tmp, format="png", metadata=dict([PLOT_TAG])),
