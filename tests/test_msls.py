@@ -101,7 +101,7 @@ def write_split(folder: Path, rows, shuffle_raw: bool = False, subtask_key: bool
         seq.append([i, key, f"seq{i // 3}", i % 3])
         flags = [str(c not in x.get("off", ())) for c in SUBTASK_COLS]
         sub.append([i, key, *flags] if subtask_key else [i, *flags])
-        _jpg(folder / "images" / f"{key}.jpg", hash(key) % 1000)
+        _jpg(folder / "images" / f"{key}.jpg", sum(map(ord, key)) * 31 + i)
     if shuffle_raw:
         raw = raw[::-1]
     _write(folder / "postprocessed.csv",
@@ -125,8 +125,8 @@ def build_msls(root: Path, **kw) -> Path:
                [[i, k, *(["True"] * len(SUBTASK_COLS))] for i, k in enumerate(keys)])
         _write(d / "seq_info.csv", ["", "key", "sequence_key", "frame_number"],
                [[i, k, "s", i] for i, k in enumerate(keys)])
-        for k in keys:
-            _jpg(d / "images" / f"{k}.jpg", 7)
+        for i, k in enumerate(keys):
+            _jpg(d / "images" / f"{k}.jpg", 7 + 10 * i + len(split))
     return root
 
 
@@ -463,15 +463,26 @@ def test_evaluate_cli_test_city_and_errors(msls_root, tmp_path, capsys):
     assert "apply to MSLS folders" in capsys.readouterr().err
 
 
-def test_dataset_info_and_check(msls_root, capsys):
+def test_dataset_info_and_check(msls_root, tmp_path, capsys):
     assert main(["dataset", "info", str(msls_root)]) == 0
     out = capsys.readouterr().out
     assert "protocol       msls" in out and "panorama(s) left out" in out
-    findings = check_layout(msls_root)
-    assert ("info", "msls-panoramas") in {(f[0], f[1]) for f in findings}
-    rc = main(["dataset", "check", str(msls_root), "--no-progress"])
+    # the doctor runs city by city: no outliers from the 1000 km between cities
+    rc = main(["dataset", "check", f"{msls_root}?cities=cph,sf,miami", "--no-progress"])
     out = capsys.readouterr().out
-    assert rc == 0 and "[msls-panoramas]" in out
+    assert rc == 0 and "outlier-coordinates" not in out
+    assert "WARNING [no-positive] cph: 1 of 5 queries" in out and "leaves them out of the denominator" in out
+    assert "INFO [msls-test-city] miami: a test city: no coordinates" in out
+    assert check_layout(msls_root) == []
+    # metadata files that disagree are errors naming the file
+    root = build_msls(tmp_path / "m")
+    raw = root / "train_val" / "sf" / "query" / "raw.csv"
+    raw.write_text(raw.read_text().replace("sq2", "sq9"))
+    found = check_layout(f"{root}?cities=sf")
+    assert [(f[0], f[1], f[3]) for f in found] == [("error", "msls-keys", ["sq2", "sq9"])]
+    assert "sf/query/raw.csv: keys differ from postprocessed.csv" in found[0][2]
+    assert main(["dataset", "check", f"{root}?cities=sf", "--no-progress", "--no-images"]) == 1
+    assert "[msls-keys]" in capsys.readouterr().out
 
 
 # ----------------------------------------------------------------------------- training weights

@@ -132,9 +132,9 @@ def run_convert(args) -> int:
 
 
 def run_check(args) -> int:
-    from netvlad.data.doctor import CheckConfig, check_dataset
+    from netvlad.data.doctor import CheckConfig
+    from netvlad.data.formats import check_spec
 
-    ds = _load(args, progress=not args.no_progress)
     cfg = CheckConfig(
         check_images=not args.no_images,
         decode=args.decode,
@@ -143,10 +143,6 @@ def run_check(args) -> int:
         max_listed=args.max_listed,
         progress=not args.no_progress,
     )
-    rep = check_dataset(ds, cfg)
-    from netvlad.data.formats import check_layout
-
-    for finding in check_layout(args.spec):  # MSLS metadata, gmberton's layout
-        rep.add(*finding)
+    rep = check_spec(args.spec, images=args.images, config=cfg)  # + MSLS metadata, gmberton's layout
     print(rep.format(cfg.max_listed))
     return 1 if rep.errors else 0

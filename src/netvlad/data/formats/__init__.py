@@ -28,7 +28,15 @@ from pathlib import Path
 from netvlad.data.formats.csvfmt import load_csv, save_csv
 from netvlad.data.formats.folders import is_at_folder, load_at_folder, load_exif_folder, read_exif_gps
 from netvlad.data.formats.mat import load_mat, save_mat
-from netvlad.data.formats.msls import MSLS_CITIES, SUBTASKS, check_msls, is_msls_root, load_msls, msls_options
+from netvlad.data.formats.msls import (
+    MSLS_CITIES,
+    SUBTASKS,
+    check_msls,
+    check_msls_cities,
+    is_msls_root,
+    load_msls,
+    msls_options,
+)
 from netvlad.data.formats.patchnetvlad import builtin_names, load_patchnetvlad, resolve_builtin
 from netvlad.data.formats.spec import DatasetSpec, parse_spec
 from netvlad.data.formats.vg import SUITE, check_vg, find_suite_dataset, is_vg_root, load_vg, vg_options
@@ -48,6 +56,7 @@ __all__ = [
     "read_exif_gps",
     "detect_format",
     "check_layout",
+    "check_spec",
     "parse_spec",
     "find_suite_dataset",
     "DatasetSpec",
@@ -163,7 +172,7 @@ def load_dataset(
         opts[k] = v
     fmt = detect_format(spec)
     if fmt == "msls":
-        return load_msls(parsed.path, purpose=purpose, **msls_options(opts))
+        return load_msls(parsed.path, purpose=purpose, images=images, **msls_options(opts))
     if fmt == "vg":
         return load_vg(parsed.path, **vg_options(opts))
     if opts:
@@ -179,6 +188,26 @@ def load_dataset(
     if fmt == "at":
         return load_at_folder(spec, images)
     return load_exif_folder(spec, images, progress=progress)
+
+
+def check_spec(spec: str | Path, images: str | Path | None = None, config=None, purpose: str = "eval"):
+    """``dataset check``: the doctor (`netvlad.data.doctor.check_dataset`) on ``spec`` plus the
+    format's own findings (`check_layout`); MSLS city by city (`check_msls_cities`).
+
+    Returns:
+        ``netvlad.data.doctor.DoctorReport``.
+    """
+    from netvlad.data.doctor import check_dataset
+
+    parsed = parse_spec(spec)
+    if detect_format(spec) == "msls":
+        kw = msls_options(parsed.options)
+        return check_msls_cities(parsed.path, kw.get("cities"), kw.get("subtask"), purpose, config)
+    progress = getattr(config, "progress", True)
+    rep = check_dataset(load_dataset(spec, images=images, progress=progress, purpose=purpose), config)
+    for finding in check_layout(spec, purpose):
+        rep.add(*finding)
+    return rep
 
 
 def check_layout(spec: str | Path, purpose: str = "eval", options: dict | None = None
