@@ -222,6 +222,9 @@ def test_dataset_specific_rules(tmp_path):
     assert msls.protocol == "msls" and msls.zone is None
     assert msls.query_conditions[:2] == ["day_forward", "night_sideways"]
     assert any("kept as written" in n for n in msls.notes)
+    from netvlad.metrics import image_key
+
+    assert image_key(msls.db_images[0]) == "cphdb0"  # the MSLS key, for the challenge's prediction file
     # the same split folder as a plain database/+queries/ folder: zones far apart are not re-projected
     plain = load_dataset(tmp_path / "msls" / "val")
     assert [p.tolist() for p in plain.all_positives()] == [p.tolist() for p in msls.all_positives()]

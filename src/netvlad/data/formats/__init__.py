@@ -25,21 +25,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from netvlad.data.formats.checks import check_msls, check_msls_cities, check_vg
 from netvlad.data.formats.csvfmt import load_csv, save_csv
 from netvlad.data.formats.folders import is_at_folder, load_at_folder, load_exif_folder, read_exif_gps
 from netvlad.data.formats.mat import load_mat, save_mat
-from netvlad.data.formats.msls import (
-    MSLS_CITIES,
-    SUBTASKS,
-    check_msls,
-    check_msls_cities,
-    is_msls_root,
-    load_msls,
-    msls_options,
-)
+from netvlad.data.formats.msls import MSLS_CITIES, SUBTASKS, is_msls_root, load_msls, msls_options
 from netvlad.data.formats.patchnetvlad import builtin_names, load_patchnetvlad, resolve_builtin
 from netvlad.data.formats.spec import DatasetSpec, parse_spec
-from netvlad.data.formats.vg import SUITE, check_vg, find_suite_dataset, is_vg_root, load_vg, vg_options
+from netvlad.data.formats.vg import SUITE, find_suite_dataset, is_vg_root, load_vg, vg_options
 from netvlad.data.places import PlaceDataset
 
 __all__ = [

@@ -192,7 +192,7 @@ def _aligned(base_keys: list[str], table: _Table, what: str) -> np.ndarray:
     return np.arange(len(base_keys), dtype=np.int64)
 
 
-def _keys(table: _Table, folder: Path) -> list[str]:
+def split_keys(table: _Table, folder: Path) -> list[str]:
     """Image keys of a split: the file's key column, else seq_info.csv's (by position, as msls.py)."""
     if table.has("key"):
         return [k.strip() for k in table.column("key")]
@@ -219,12 +219,12 @@ def _read_split(folder: Path, subtask: str | None) -> _Split:
     post_path = folder / "postprocessed.csv"
     if not post_path.is_file():  # a test city: no coordinates, no panorama flags
         sub = read_table(folder / "subtask_index.csv")
-        keys = _keys(sub, folder)
+        keys = split_keys(sub, folder)
         keep = sub.bools(subtask or "all")
         keys = [k for k, m in zip(keys, keep) if m]
         return _Split(keys, np.full((len(keys), 2), np.nan), None, None)
     post = read_table(post_path)
-    keys = _keys(post, folder)
+    keys = split_keys(post, folder)
     raw = read_table(folder / "raw.csv")
     keep = ~raw.bools("pano")[_aligned(keys, raw, "image")]
     panoramas = int((~keep).sum())
@@ -312,7 +312,7 @@ def load_msls(
             f"{c} +{i * CITY_OFFSET_M / 1000:.0f} km" for i, c in enumerate(loaded))
             + ") so positives never cross cities, as MSLS searches each city alone")
     return PlaceDataset(
-        name=_dataset_name(loaded, subtask, purpose),
+        name=dataset_name(loaded, subtask, purpose),
         db_root=Path(images) if images else root,
         query_root=Path(images) if images else root,
         db_images=[n for p in parts["db"] for n in p[0]],
@@ -342,7 +342,7 @@ def _join_conditions(lists):
     return [c for cs in lists for c in cs]
 
 
-def _dataset_name(cities: list[str], subtask: str | None, purpose: str) -> str:
+def dataset_name(cities: list[str], subtask: str | None, purpose: str) -> str:
     group = next((g for g, cs in MSLS_CITIES.items() if sorted(cs) == sorted(cities)), None)
     name = f"msls_{group}" if group else "msls_" + "+".join(cities)
     return name if subtask in (None, "all") else f"{name}_{subtask}"
@@ -359,81 +359,3 @@ def msls_options(options: dict[str, str]) -> dict:
     if options.get("subtask"):
         out["subtask"] = options["subtask"]
     return out
-
-
-# ----------------------------------------------------------------------------- checks
-
-
-def check_msls(root: str | Path, cities=None, purpose: str = "eval") -> list[tuple[str, str, str, list[str]]]:
-    """Layout findings for ``dataset check``: (severity, code, message, items).
-
-    Per city and split: files present, the same keys in every metadata file, and images present
-    for the keys (counted; the doctor names them); how many panoramas and subtask rows there are.
-    """
-    root, chosen = resolve_cities(Path(root), cities, purpose)
-    found = []
-    for city, folder in chosen:
-        for _, sub in SPLITS:
-            d = folder / sub
-            files = ("seq_info.csv", "subtask_index.csv") if not (d / "postprocessed.csv").is_file() else (
-                "raw.csv", "postprocessed.csv", "seq_info.csv", "subtask_index.csv")
-            missing = [f for f in files if not (d / f).is_file()]
-            if missing:
-                found.append(("error", "msls-metadata", f"{city}/{sub}: metadata missing", missing))
-                continue
-            tables = {f: read_table(d / f) for f in files}
-            base = files[1]  # postprocessed.csv, or subtask_index.csv for a test city
-            keys = _keys(tables[base], d)
-            for f, t in tables.items():
-                if f == base:
-                    continue
-                if t.has("key") and set(t.column("key")) != set(keys):
-                    diff = sorted(set(keys) ^ set(k.strip() for k in t.column("key")))
-                    found.append(("error", "msls-keys", f"{city}/{sub}/{f}: keys differ from {base} "
-                                  f"({len(diff)} key(s))", diff))
-                elif not t.has("key") and len(t.rows) != len(keys):
-                    found.append(("error", "msls-keys", f"{city}/{sub}/{f}: {len(t.rows)} rows for "
-                                  f"{len(keys)} images in {base}", []))
-            sub_t = tables["subtask_index.csv"]
-            absent = [s for s in SUBTASKS if not sub_t.has(s)]
-            if absent:
-                found.append(("warning", "msls-subtasks", f"{city}/{sub}/subtask_index.csv lacks "
-                              "subtask column(s)", absent))
-    return found
-
-
-def check_msls_cities(root: str | Path, cities=None, subtask: str | None = None, purpose: str = "eval",
-                      config=None):
-    """``dataset check`` of MSLS: the doctor on each city alone (its own coordinates: no outliers from
-    the shift between cities), then :func:`check_msls`'s layout findings.
-
-    Test cities carry no coordinates: that is reported as information, not as an error. Queries
-    without a positive are left out by MSLS's protocol (they are failures only under ``netvlad``).
-
-    Returns:
-        ``netvlad.data.doctor.DoctorReport`` for all the cities, each finding prefixed with its city.
-    """
-    from netvlad.data.doctor import DoctorReport, check_dataset
-
-    base, chosen = resolve_cities(Path(root), cities, purpose)
-    rep = DoctorReport(_dataset_name([c for c, _ in chosen], subtask, purpose))
-    for city, folder in chosen:
-        try:
-            ds = load_msls(folder, subtask=subtask, purpose=purpose)
-        except ValueError as exc:  # e.g. the subtask leaves this city empty
-            rep.add("warning", "msls-city", f"{city}: {exc}")
-            continue
-        no_coords = bool(np.isnan(ds.db_utm).all())
-        for f in check_dataset(ds, config).findings:
-            if no_coords and f.code == "bad-coordinates":
-                f.severity, f.code = "info", "msls-test-city"
-                f.message = "a test city: no coordinates (the challenge server has them)"
-                f.items, f.count = [], 0
-            elif f.code == "no-positive":
-                f.message += "; MSLS's protocol leaves them out of the denominator"
-            if not f.message.startswith(f"{city}:"):
-                f.message = f"{city}: {f.message}"
-            rep.findings.append(f)
-    for finding in check_msls(base, [c for c, _ in chosen], purpose):
-        rep.add(*finding)
-    return rep

@@ -18,9 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from netvlad.data.formats.folders import load_at_folder, parse_at_name
+from netvlad.data.formats.folders import load_at_folder
 from netvlad.data.places import PlaceDataset
 
 SPLITS = ("test", "val", "train")
@@ -29,7 +27,7 @@ OPTIONS = ("split", "queries")
 MSLS_FOLDERS = ("msls", "mapillary_sls")
 
 
-def _split_dir(root: Path, split: str) -> Path | None:
+def split_dir(root: Path, split: str) -> Path | None:
     for d in (root / "images" / split, root / split):
         if (d / "database").is_dir():
             return d
@@ -39,10 +37,10 @@ def _split_dir(root: Path, split: str) -> Path | None:
 def is_vg_root(path: str | Path) -> bool:
     """A dataset folder of this layout: ``images/<split>/database`` (or ``<split>/database``)."""
     path = Path(path)
-    return path.is_dir() and any(_split_dir(path, s) is not None for s in SPLITS)
+    return path.is_dir() and any(split_dir(path, s) is not None for s in SPLITS)
 
 
-def _query_dir(split_dir: Path, queries: str | None) -> str:
+def query_dir(split_dir: Path, queries: str | None) -> str:
     if queries:
         if not (split_dir / queries).is_dir():
             subs = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
@@ -73,15 +71,15 @@ def load_vg(root: str | Path, split: str | None = None, queries: str | None = No
     root = Path(root)
     if split is not None and split not in SPLITS:
         raise ValueError(f"{root}: unknown split {split!r}; choose from {', '.join(SPLITS)}")
-    present = [s for s in SPLITS if _split_dir(root, s) is not None]
+    present = [s for s in SPLITS if split_dir(root, s) is not None]
     if not present:
         raise FileNotFoundError(f"{root}: no images/<split>/database folder (splits: {', '.join(SPLITS)})")
     split = split or present[0]
-    d = _split_dir(root, split)
+    d = split_dir(root, split)
     if d is None:
         raise FileNotFoundError(f"{root}: no split {split!r} (present: {', '.join(present)})")
     folder = root.parent.name if root.name == "processed" else root.name  # CosPlace: sf_xl/processed
-    ds = load_at_folder(d, name=name or f"{folder}_{split}", queries=_query_dir(d, queries),
+    ds = load_at_folder(d, name=name or f"{folder}_{split}", queries=query_dir(d, queries),
                         extensions=(".jpg",), raw_utm=True)
     if folder.lower() in MSLS_FOLDERS and ds.protocol != "msls":
         ds.protocol = "msls"
@@ -165,7 +163,7 @@ def find_suite_dataset(name: str, root: str | Path) -> str:
             looked.append(str(d))
             if entry.msls_cities and is_msls_root(d) and not is_vg_root(d):
                 return f"msls:{d}?cities={','.join(entry.msls_cities)}"
-            if is_vg_root(d) and _split_dir(d, entry.split) is not None:
+            if is_vg_root(d) and split_dir(d, entry.split) is not None:
                 q = f"&queries={entry.queries}" if entry.queries else ""
                 return f"vg:{d}?split={entry.split}{q}"
     else:
@@ -175,72 +173,3 @@ def find_suite_dataset(name: str, root: str | Path) -> str:
                 return f"vg:{cand}?split=test" if is_vg_root(cand) else str(cand)
     raise FileNotFoundError(f"{name}: not found under {root} (looked for {', '.join(looked) or name}); "
                             f"known suite names: {', '.join(SUITE)}")
-
-
-# ----------------------------------------------------------------------------- checks
-
-
-def check_vg(root: str | Path, split: str | None = None, queries: str | None = None
-             ) -> list[tuple[str, str, str, list[str]]]:
-    """Layout findings for ``dataset check``: (severity, code, message, items).
-
-    Every split present has ``database/`` and ``queries/``; every ``.jpg`` has an ``@`` name with
-    numeric easting/northing; other files are named (the benchmark ignores them); per-dataset rules
-    of the downloader: SPED and Nordland pair each query with the database image of the same
-    number, Nordland's consecutive frames lie 25/10.5 m apart.
-    """
-    root = Path(root)
-    found = []
-    present = [s for s in SPLITS if _split_dir(root, s) is not None]
-    for s in present:
-        d = _split_dir(root, s)
-        try:
-            qname = _query_dir(d, queries)
-        except FileNotFoundError as exc:
-            found.append(("error", "vg-layout", str(exc), []))
-            continue
-        for sub in ("database", qname):
-            files = sorted(p for p in (d / sub).rglob("*") if p.is_file())
-            other = [p.relative_to(d).as_posix() for p in files if not p.name.endswith(".jpg")]
-            if other:
-                found.append(("warning", "vg-not-jpg", f"{s}/{sub}: {len(other)} file(s) the VG benchmark "
-                              "ignores (it reads **/*.jpg only)", other))
-            badnames = []
-            for p in files:
-                if p.name.endswith(".jpg"):
-                    try:
-                        parse_at_name(p.name, d / sub)
-                    except ValueError as exc:
-                        badnames.append(f"{p.relative_to(d).as_posix()} ({exc})")
-            if badnames:
-                found.append(("error", "vg-bad-name", f"{s}/{sub}: file names without @easting@northing@",
-                              badnames))
-    folder = root.parent.name if root.name == "processed" else root.name
-    if folder in ("sped", "nordland") and present:
-        found += _check_paired(root, present[0], folder)
-    return found
-
-
-def _check_paired(root: Path, split: str, folder: str) -> list[tuple[str, str, str, list[str]]]:
-    """SPED / Nordland: query i and database image i share a number (the pano_id field)."""
-    d = _split_dir(root, split)
-    out = []
-    ids = {}
-    for sub in ("database", "queries"):
-        recs = [parse_at_name(p.name, d / sub) for p in sorted((d / sub).rglob("*.jpg"))]
-        ids[sub] = {r.get("pano_id"): (r["easting"], r["northing"]) for r in recs}
-    unpaired = sorted(set(ids["database"]) ^ set(ids["queries"]), key=str)
-    if unpaired:
-        out.append(("warning", "vg-unpaired", f"{folder}: {len(unpaired)} image number(s) only on one side "
-                    "(the downloader pairs each query with the database image of the same number)",
-                    [str(u) for u in unpaired]))
-    if folder == "nordland" and len(ids["database"]) > 1:
-        north = np.sort(np.array([v[1] for v in ids["database"].values()]))
-        step = np.diff(north)
-        want = 25.0 / 10.5
-        # Names hold the northing with one decimal, so steps vary by up to 0.1 m.
-        if np.any(np.abs(step - want) > 0.11):
-            out.append(("warning", "vg-nordland-spacing", f"nordland: consecutive frames are not "
-                        f"{want:.2f} m apart (25 m = 10 frames in the downloader's layout)",
-                        [f"{x:.2f} m" for x in np.unique(np.round(step, 2))[:5]]))
-    return out
