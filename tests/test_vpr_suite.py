@@ -261,6 +261,8 @@ def test_find_suite_dataset(tmp_path):
     rows = "split,path,easting,northing,zone\ndb,a.jpg,0,0,17T\nquery,b.jpg,1,0,17T\n"
     (tmp_path / "mine.csv").write_text(rows)
     assert find_suite_dataset("mine", tmp_path) == str(tmp_path / "mine.csv")
+    (tmp_path / "tokyo247.csv").write_text(rows)  # a known name in another format
+    assert find_suite_dataset("tokyo247", tmp_path) == str(tmp_path / "tokyo247.csv")
     assert {"msls_val", "pitts30k_test", "pitts250k_test", "tokyo247", "nordland", "st_lucia", "sf_xl_test",
             "sped"} <= set(SUITE)
 

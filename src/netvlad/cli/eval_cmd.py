@@ -470,12 +470,12 @@ def run_evaluate(args) -> int:
                            protocol=args.protocol)
     label = args.label or f"{ds.name} ({args.db.name}{f', {args.crop_dim}-D' if args.crop_dim else ''})"
     print(f"{label}: {res['num_queries']} queries, {res['num_db']} database images, {res['dim']}-D")
-    print(protocol_line(res, ds))
     for line in bad_descriptor_lines(res, ds):
         print(line)
     print(format_recall_table(res["recall"], res.get("by_condition")))
     if "map" in res:
         print("  mAP@N " + "  ".join(f"{n}: {100 * v:.2f}%" for n, v in res["map"].items()))
+    print(protocol_line(res, ds))
     if args.report:
         report = build_report(res, ds, label, args.db, args.queries)
         report.update(protocol_report(res, ds.query_images))

@@ -145,9 +145,9 @@ def find_suite_dataset(name: str, root: str | Path) -> str:
     """The SPEC of suite dataset ``name`` under ``root`` (a folder of datasets).
 
     Known names (`SUITE`) are looked up in gmberton's layout (``ROOT/pitts30k/images/test``), MSLS
-    also in its own layout (``ROOT/msls/train_val/...``, cities cph, sf). Any other name is
-    ``ROOT/NAME`` in any supported format (``ROOT/pitts30k_test.mat``, ``ROOT/my_set.csv``, ...),
-    else ``ROOT/NAME/images/test``.
+    also in its own layout (``ROOT/msls/train_val/...``, cities cph, sf). Then, for any name,
+    ``ROOT/NAME.*`` or ``ROOT/NAME`` in any supported format (``ROOT/pitts30k_test.mat``,
+    ``ROOT/my_set.csv``, a folder in gmberton's layout: its test split).
 
     Raises:
         FileNotFoundError: nothing for ``name`` under ``root`` (the message names where it looked).
@@ -166,10 +166,10 @@ def find_suite_dataset(name: str, root: str | Path) -> str:
             if is_vg_root(d) and split_dir(d, entry.split) is not None:
                 q = f"&queries={entry.queries}" if entry.queries else ""
                 return f"vg:{d}?split={entry.split}{q}"
-    else:
-        for cand in sorted(root.glob(f"{name}.*")) + [root / name]:
-            looked.append(str(cand))
-            if cand.exists():
-                return f"vg:{cand}?split=test" if is_vg_root(cand) else str(cand)
+    files = sorted(p for p in root.glob(f"{name}.*") if p.suffix.lower() in (".mat", ".csv", ".npz"))
+    for cand in [*files, root / name]:
+        looked.append(str(cand))
+        if cand.exists():
+            return f"vg:{cand}?split=test" if is_vg_root(cand) else str(cand)
     raise FileNotFoundError(f"{name}: not found under {root} (looked for {', '.join(looked) or name}); "
                             f"known suite names: {', '.join(SUITE)}")
