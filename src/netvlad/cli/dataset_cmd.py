@@ -17,9 +17,11 @@ def register(sub) -> None:
         "dataset",
         help="inspect, convert and check place-recognition datasets",
         description="SPEC is a .csv, a dbStruct .mat (v5 or v7.3), a Patch-NetVLAD .npz or name "
-        "(pitts30k_test, tokyo247), or a folder with database/ and queries/ (@-named or EXIF-GPS "
-        "photos). A file or folder in the working directory named like a Patch-NetVLAD dataset is taken "
-        "instead of it, with a warning naming both (write ./NAME to mean the path).",
+        "(pitts30k_test, tokyo247), a folder with database/ and queries/ (@-named or EXIF-GPS "
+        "photos), an MSLS folder (train_val/, test/; SPEC?cities=cph,sf&subtask=all) or a dataset in "
+        "gmberton's layout (images/{train,val,test}/; SPEC?split=val). A file or folder in the working "
+        "directory named like a Patch-NetVLAD dataset is taken instead of it, with a warning naming "
+        "both (write ./NAME to mean the path).",
     )
     dsub = p.add_subparsers(dest="dataset_command", metavar="ACTION")
 
@@ -99,6 +101,7 @@ def run_info(args) -> int:
         f"trivial {s['trivial_radius']:g} m"
     )
     print(f"rules          {', '.join(s['rules']) or 'none'}")
+    print(f"protocol       {s['protocol']}")
     print(
         f"timestamps     {'yes' if s['timestamps'] else 'no'};  headings {'yes' if s['headings'] else 'no'}"
     )
@@ -129,9 +132,9 @@ def run_convert(args) -> int:
 
 
 def run_check(args) -> int:
-    from netvlad.data.doctor import CheckConfig, check_dataset
+    from netvlad.data.doctor import CheckConfig
+    from netvlad.data.formats import check_spec
 
-    ds = _load(args, progress=not args.no_progress)
     cfg = CheckConfig(
         check_images=not args.no_images,
         decode=args.decode,
@@ -140,6 +143,6 @@ def run_check(args) -> int:
         max_listed=args.max_listed,
         progress=not args.no_progress,
     )
-    rep = check_dataset(ds, cfg)
+    rep = check_spec(args.spec, images=args.images, config=cfg)  # + MSLS metadata, gmberton's layout
     print(rep.format(cfg.max_listed))
     return 1 if rep.errors else 0

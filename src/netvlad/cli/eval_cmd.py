@@ -71,6 +71,7 @@ def register(sub) -> None:
         help="keep the first D dimensions and re-normalise (after PCA whitening)",
     )
     p.add_argument("--sample", type=int, metavar="N", help="evaluate N queries drawn with seed 43")
+    add_protocol_options(p)
     add_mixed_models_flag(p)
     p.add_argument("--report", type=Path, metavar="R.json", help="write summary + per-query ranks and hits")
     p.add_argument("--plot", type=Path, metavar="R.png", help="write the recall@N curve")
@@ -92,7 +93,7 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a P.png that is not a netvlad plot")
     p.set_defaults(func=run_plot)
 
-    p = sub.add_parser("benchmark", help="image-retrieval benchmarks (mAP)")
+    p = sub.add_parser("benchmark", help="image-retrieval (mAP) and place-recognition (recall@N) benchmarks")
     bsub = p.add_subparsers(dest="benchmark_command", metavar="KIND", required=True)
     r = bsub.add_parser(
         "retrieval",
@@ -139,6 +140,9 @@ def register(sub) -> None:
     r.add_argument("--overwrite", action="store_true", help="replace an R.json that is not a netvlad report")
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(func=run_benchmark)
+    from netvlad.cli.vpr_cmd import register_benchmark_vpr
+
+    register_benchmark_vpr(bsub)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,6 +176,32 @@ def check_outputs(inputs, overwrite: bool, report: Path | None = None, plot: Pat
                           overwrite=overwrite)
     if plot is not None:
         check_output_file(plot, inputs=inputs, is_ours=is_plot, kind="netvlad plot", overwrite=overwrite)
+
+
+def add_protocol_options(p) -> None:
+    """``--protocol``, ``--predictions``, ``--cities`` and ``--subtask`` of ``evaluate``."""
+    from netvlad.data.formats import SUBTASKS
+    from netvlad.metrics import PROTOCOLS
+
+    p.add_argument("--protocol", choices=PROTOCOLS,
+                   help="how recall is counted: netvlad (recallAtN: every query in the denominator) or msls "
+                   "(Mapillary's evaluate.py: queries without a positive left out, recall@N and mAP@N, Ns 1 "
+                   "5 10 20); default: the dataset's (msls for MSLS, netvlad otherwise)")
+    p.add_argument("--predictions", type=Path, metavar="P.txt",
+                   help="write the MSLS challenge prediction file: per query its key, then the keys of its "
+                   "top database images (as many as the largest N), keys without .jpg; for test cities "
+                   "(no coordinates) it is the only output")
+    p.add_argument("--cities", metavar="LIST",
+                   help="MSLS: cities, comma-separated, or train / val / test (default: val = cph,sf)")
+    p.add_argument("--subtask", choices=SUBTASKS, help="MSLS: evaluate this subtask's rows (default: all)")
+
+
+def is_prediction_file(path: Path) -> bool:
+    """A prediction file written by ``evaluate --predictions`` (by its first line)."""
+    from netvlad.metrics.msls import PREDICTIONS_HEADER
+
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.readline().rstrip("\n") == PREDICTIONS_HEADER
 
 
 #: How FEATS arguments are read (evaluate, index build and pairs print it in --help).
@@ -402,7 +432,7 @@ def run_evaluate(args) -> int:
     """`netvlad evaluate`."""
     from netvlad.data import load_dataset
     from netvlad.io import align_features
-    from netvlad.metrics import evaluate_dataset
+    from netvlad.metrics import DEFAULT_NS, evaluate_dataset, has_coordinates, protocol_line, protocol_report
 
     if any(n < 1 for n in args.ns):
         raise CLIError(f"--ns must be positive, got {args.ns}")
@@ -413,7 +443,8 @@ def run_evaluate(args) -> int:
     inputs = [("--dataset", args.dataset), ("--db", args.db), ("--queries", args.queries),
               ("--db-names", args.db_names), ("--query-names", args.query_names)]
     check_outputs(inputs, args.overwrite, args.report, args.plot)
-    ds = load_dataset(args.dataset)
+    _check_predictions_output(args, inputs)
+    ds = load_dataset(args.dataset, options={"cities": args.cities, "subtask": args.subtask})
     dim = feature_dim(args.dim, args.model)
     db_feats = _read_eval_db(args, ds, dim)
     db = align_features(db_feats, ds.db_images, "database")
@@ -426,20 +457,53 @@ def run_evaluate(args) -> int:
     if args.queries is not None and args.queries.resolve() != args.db.resolve():
         check_same_model(args.db, db_feats.fingerprint, args.queries, q_feats.fingerprint,
                          args.allow_mixed_models)
-    res = evaluate_dataset(ds, db, q, ns=args.ns, crop_dim=args.crop_dim, sample=args.sample)
+    ns = None if args.ns is DEFAULT_NS else args.ns  # not given: the protocol's Ns
+    if args.predictions:
+        _write_predictions(args, ds, db, q, ns)
+    if not has_coordinates(ds):
+        if not args.predictions:
+            raise CLIError(f"{args.dataset}: {ds.name} has no coordinates (MSLS test cities): give "
+                           "--predictions P.txt to write the challenge's prediction file")
+        print(f"{ds.name}: no coordinates (the challenge server holds the ground truth): no recall here")
+        return 0
+    res = evaluate_dataset(ds, db, q, ns=ns, crop_dim=args.crop_dim, sample=args.sample,
+                           protocol=args.protocol)
     label = args.label or f"{ds.name} ({args.db.name}{f', {args.crop_dim}-D' if args.crop_dim else ''})"
     print(f"{label}: {res['num_queries']} queries, {res['num_db']} database images, {res['dim']}-D")
     for line in bad_descriptor_lines(res, ds):
         print(line)
     print(format_recall_table(res["recall"], res.get("by_condition")))
+    if "map" in res:
+        print("  mAP@N " + "  ".join(f"{n}: {100 * v:.2f}%" for n, v in res["map"].items()))
+    print(protocol_line(res, ds))
     if args.report:
         report = build_report(res, ds, label, args.db, args.queries)
+        report.update(protocol_report(res, ds.query_images))
         atomic_write_text(args.report, json.dumps(report, indent=1) + "\n")
         print(f"report: {args.report}")
     if args.plot:
         plot_curves([(label, res["ns"], [res["recall"][n] for n in res["ns"]])], args.plot)
         print(f"plot: {args.plot}")
     return 0
+
+
+def _check_predictions_output(args, inputs) -> None:
+    from netvlad._outputs import check_distinct, check_output_file
+
+    if args.predictions is None:
+        return
+    check_distinct([("--report", args.report), ("--plot", args.plot), ("--predictions", args.predictions)])
+    check_output_file(args.predictions, inputs=inputs, is_ours=is_prediction_file, kind="prediction file",
+                      overwrite=args.overwrite)
+
+
+def _write_predictions(args, ds, db, q, ns) -> None:
+    from netvlad.metrics import protocol_ns, rank_dataset, write_predictions
+
+    k = max(protocol_ns(args.protocol or ds.protocol, ns))
+    ranked = rank_dataset(ds, db, q, k, crop_dim=args.crop_dim)
+    write_predictions(args.predictions, ds.query_images, ds.db_images, ranked)
+    print(f"predictions: {args.predictions} ({len(ds.query_images)} queries, top {ranked.shape[1]} each)")
 
 
 def run_plot(args) -> int:
@@ -503,3 +567,4 @@ def run_benchmark(args) -> int:
         }
         atomic_write_text(args.report, json.dumps(out, indent=1) + "\n")
     return 0
+

@@ -37,6 +37,8 @@ _HELP = {
     "limit_batches": "at most N batches per epoch (smoke runs)",
     "limit_queries": "train on a fixed random subset of N queries",
     "seed": "query-order seed (MATLAB rng(42 + epoch))",
+    "query_sampling": "queries per epoch: uniform (each once), msls (drawn with MSLS's night/sideways "
+    "weights), auto (msls on an MSLS dataset)",
 }
 _NOT_CLI = {"amp"}  # added by hand below
 
@@ -299,7 +301,7 @@ def _train(args) -> int:
         _require_weights(model_spec, weights)
     device = _init_distributed(args.device)
     model = load_model(model_spec, weights=weights)
-    train_ds = load_dataset(train_spec, train_images)
+    train_ds = load_dataset(train_spec, train_images, purpose="train")
     val_ds = load_dataset(val_spec, val_images)
     cli_info = {
         "train": str(train_spec),
@@ -422,7 +424,7 @@ def run_pca(args) -> int:
         raise CLIError(f"{args.model}: the model already has a PCA/whitening layer")
     if not auto and (args.dim < 1 or args.dim >= model.out_dim):
         raise CLIError(f"--dim must be in [1, {model.out_dim - 1}] (below the descriptor dimension)")
-    ds = load_dataset(args.dataset, args.images)
+    ds = load_dataset(args.dataset, args.images, purpose="train")
     val_ds = load_dataset(args.val, args.val_images) if auto else None
     idx = sample_indices(ds.num_db, args.max_images, 43)
     cache = args.cache_dir or args.out.parent

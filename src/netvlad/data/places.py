@@ -28,6 +28,9 @@ import numpy as np
 from netvlad.geo import radius_search
 
 KNOWN_RULES = frozenset({"tokyotm_timestamp", "tokyo247_dedup"})
+# How recall is counted by default: "netvlad" (recallAtN: every query in the denominator) or "msls"
+# (Mapillary's evaluate.py: queries without a positive left out; netvlad.metrics.msls).
+PROTOCOLS = ("netvlad", "msls")
 # Over-retrieval factors of MATLAB's nnSearchPostprocess: fetch factor·nTop, filter, keep nTop.
 RETRIEVE_FACTOR = {"tokyotm_timestamp": 10, "tokyo247_dedup": 12}
 TOKYO247_CONDITIONS = ("night", "day", "sunset")  # index = (query number) mod 3
@@ -102,6 +105,7 @@ class PlaceDataset:
     train_pos_radius: float = 10.0
     trivial_radius: float = 1.0
     rules: frozenset[str] = frozenset()
+    protocol: str = "netvlad"
     db_groups: np.ndarray | None = None
     query_conditions: list[str] | None = None
     # Zone of each image as read from the source, when the source gave one per image; lets the
@@ -138,6 +142,9 @@ class PlaceDataset:
         unknown = self.rules - KNOWN_RULES
         if unknown:
             raise ValueError(f"{self.name}: unknown rule(s) {sorted(unknown)}; known: {sorted(KNOWN_RULES)}")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"{self.name}: unknown protocol {self.protocol!r}; "
+                             f"known: {', '.join(PROTOCOLS)}")
         if "tokyotm_timestamp" in self.rules and (
             self.db_timestamps is None or self.query_timestamps is None
         ):
@@ -328,6 +335,7 @@ class PlaceDataset:
             "trivial_radius": self.trivial_radius,
             "extent_m": extent,
             "rules": sorted(self.rules),
+            "protocol": self.protocol,
             "timestamps": self.db_timestamps is not None and self.query_timestamps is not None,
             "headings": self.db_headings is not None or self.query_headings is not None,
             "db_groups": None if self.db_groups is None else int(np.unique(self.db_groups).size),

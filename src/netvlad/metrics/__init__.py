@@ -7,6 +7,8 @@
   of database images taken at the query's timestamp (``dbTokyoTimeMachine``). As in MATLAB, the
   search over-fetches (12× and 10× respectively) before filtering.
 - rank loss (``testCoreRank``).
+- Mapillary SLS's protocol (``msls``): queries without a positive left out, recall@k and mAP@k,
+  and the challenge's prediction file (:mod:`netvlad.metrics.msls`).
 - Average precision with trapezoidal interpolation (``relja_retrievalMAP``, identical to the
   official Oxford ``compute_ap``; spec §1.15), mAP, and the revisited Oxford/Paris mP@k.
 
@@ -17,7 +19,22 @@ lazily for the exact search.
 from __future__ import annotations
 
 from netvlad.metrics.ap import average_precision, evaluate_map, mean_average_precision, precision_at_k
-from netvlad.metrics.evaluate import evaluate, evaluate_dataset
+from netvlad.metrics.evaluate import dataset_rules, evaluate, evaluate_dataset, rank_dataset, rank_lists
+from netvlad.metrics.msls import (
+    MSLS_KS,
+    PREDICTIONS_HEADER,
+    PROTOCOLS,
+    average_precision_at_k,
+    evaluate_msls,
+    has_coordinates,
+    image_key,
+    msls_metrics,
+    protocol_line,
+    protocol_ns,
+    protocol_report,
+    read_predictions,
+    write_predictions,
+)
 from netvlad.metrics.ranking import (
     DEFAULT_NS,
     SAMPLE_SEED,
@@ -33,6 +50,22 @@ from netvlad.metrics.ranking import (
 
 __all__ = [
     "DEFAULT_NS",
+    "MSLS_KS",
+    "PREDICTIONS_HEADER",
+    "PROTOCOLS",
+    "average_precision_at_k",
+    "dataset_rules",
+    "evaluate_msls",
+    "has_coordinates",
+    "image_key",
+    "msls_metrics",
+    "protocol_line",
+    "protocol_ns",
+    "protocol_report",
+    "rank_dataset",
+    "rank_lists",
+    "read_predictions",
+    "write_predictions",
     "SAMPLE_SEED",
     "average_precision",
     "crop_to_dim",

@@ -72,8 +72,6 @@ def evaluate(
         "by_condition" ({label: {"num_queries", "recall"}}) when
         conditions are given.
     """
-    from netvlad.index import topk
-
     ns = sorted({int(n) for n in ns})
     if not ns or ns[0] < 1:
         raise ValueError(f"Ns must be positive integers, got {ns}")
@@ -91,30 +89,10 @@ def evaluate(
     q = qall[sel]
     pos = [np.asarray(positives[i], dtype=np.int64) for i in sel]
     n_top = max(ns)
-    factor = (DEDUP_OVERFETCH if groups is not None else 1) * (
-        EXCLUDE_OVERFETCH if exclude is not None else 1
-    )
-    # Images that failed extraction (--skip-bad) have NaN rows: such a database image is never
-    # ranked, such a query retrieves nothing and so counts as a failure (every query stays in the
-    # denominator, as recallAtN).
-    db_ok = np.isfinite(db).all(axis=1)
-    q_ok = np.isfinite(q).all(axis=1)
-    if not db_ok.any():
-        raise ValueError(f"all {db.shape[0]} database descriptors are NaN (images that failed extraction)")
-    if db_ok.all() and q_ok.all():
-        _, ranked = topk(q, db, n_top * factor, block=block, metric="l2")
-    else:
-        db_ids = np.flatnonzero(db_ok)
-        _, r = topk(q[q_ok], db[db_ok], n_top * factor, block=block, metric="l2")
-        ranked = np.full((q.shape[0], r.shape[1]), -1, np.int64)
-        ranked[q_ok] = db_ids[r]
-    if exclude is not None:
-        if len(exclude) != qall.shape[0]:
-            raise ValueError(f"exclude has {len(exclude)} entries for {qall.shape[0]} queries")
-        ranked = exclude_ranked(ranked, [exclude[i] for i in sel])
-    if groups is not None:
-        ranked = dedup_ranked(ranked, groups)
-    ranked = _pad(_as_rows(ranked), n_top)
+    if exclude is not None and len(exclude) != qall.shape[0]:
+        raise ValueError(f"exclude has {len(exclude)} entries for {qall.shape[0]} queries")
+    sel_exclude = None if exclude is None else [exclude[i] for i in sel]
+    ranked, db_ok, q_ok = rank_lists(db, q, n_top, groups=groups, exclude=sel_exclude, block=block)
     first = first_hit_rank(ranked, pos)
     hits = (first[:, None] >= 0) & (first[:, None] < np.asarray(ns)[None, :])
     out = {
@@ -150,35 +128,53 @@ def evaluate(
     return out
 
 
-def evaluate_dataset(
-    ds,
-    db_desc: np.ndarray,
-    q_desc: np.ndarray,
-    ns: Sequence[int] = DEFAULT_NS,
-    crop_dim: int | None = None,
-    sample: int | None = None,
+def rank_lists(
+    db: np.ndarray,
+    q: np.ndarray,
+    n_top: int,
+    groups: np.ndarray | None = None,
+    exclude: Sequence[np.ndarray] | None = None,
     block: int | None = None,
-    rank_sample: int = 0,
-    margin: float = 0.1,
-    num_negatives: int = 1000,
-) -> dict:
-    """:func:`evaluate` with the positives and rules of a ``PlaceDataset``.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The top ``n_top`` database ids of each query after the ranked-list rules (exact squared L2).
 
-    Applies ``ds.rules``: "tokyo247_dedup" (``ds.db_groups``, or id // 12 when absent) and
-    "tokyotm_timestamp" (database images with the query's timestamp are excluded), and breaks
-    results down by ``ds.query_conditions`` when present.
+    Images that failed extraction (NaN rows): such a database image is never ranked, such a query
+    retrieves nothing (a row of −1).
 
     Args:
-        ds: a ``netvlad.data.PlaceDataset`` (duck-typed: only its attributes are read).
-        db_desc: ds.num_db × D descriptors, in ``ds.db_images`` order.
-        q_desc: ds.num_queries × D descriptors, in ``ds.query_images`` order.
-        rank_sample: if > 0, also compute the rank loss (``testCoreRank``) on this many queries
-            sampled with seed 43, ``num_negatives`` random negatives each (rng reseeded to 43).
-        margin: rank-loss margin m.
+        db: N×D, q: Q×D descriptors (already cropped).
+        groups: keep the first image of each group (Tokyo 24/7; over-fetches 12×).
+        exclude: Q arrays of database ids removed from each list (TokyoTM; over-fetches 10×).
 
     Returns:
-        the :func:`evaluate` dict plus "dataset" (and "rank_loss").
+        (ranked Q×n_top int64 padded with −1, database rows that are finite (N,), query rows (Q,)).
     """
+    from netvlad.index import topk
+
+    factor = (DEDUP_OVERFETCH if groups is not None else 1) * (
+        EXCLUDE_OVERFETCH if exclude is not None else 1
+    )
+    db_ok = np.isfinite(db).all(axis=1)
+    q_ok = np.isfinite(q).all(axis=1)
+    if not db_ok.any():
+        raise ValueError(f"all {db.shape[0]} database descriptors are NaN (images that failed extraction)")
+    if db_ok.all() and q_ok.all():
+        _, ranked = topk(q, db, n_top * factor, block=block, metric="l2")
+    else:
+        db_ids = np.flatnonzero(db_ok)
+        _, r = topk(q[q_ok], db[db_ok], n_top * factor, block=block, metric="l2")
+        ranked = np.full((q.shape[0], r.shape[1]), -1, np.int64)
+        ranked[q_ok] = db_ids[r]
+    if exclude is not None:
+        ranked = exclude_ranked(ranked, exclude)
+    if groups is not None:
+        ranked = dedup_ranked(ranked, groups)
+    return _pad(_as_rows(ranked), n_top), db_ok, q_ok
+
+
+def dataset_rules(ds) -> tuple[np.ndarray | None, list[np.ndarray] | None]:
+    """(groups, exclude) of a ``PlaceDataset``'s rules: "tokyo247_dedup" (``ds.db_groups``, or
+    id // 12 when absent) and "tokyotm_timestamp" (database images with the query's timestamp)."""
     rules = set(getattr(ds, "rules", ()) or ())
     groups = None
     if "tokyo247_dedup" in rules:
@@ -192,11 +188,73 @@ def evaluate_dataset(
             raise ValueError(f"dataset {ds.name}: the tokyotm_timestamp rule needs db and query timestamps")
         dbt = np.asarray(ds.db_timestamps)
         exclude = [np.flatnonzero(dbt == t) for t in np.asarray(ds.query_timestamps)]
-    out = evaluate(
+    return groups, exclude
+
+
+def rank_dataset(ds, db_desc: np.ndarray, q_desc: np.ndarray, k: int, crop_dim: int | None = None,
+                 block: int | None = None) -> np.ndarray:
+    """Each query's top ``k`` database ids under the dataset's ranked-list rules.
+
+    Returns:
+        Q×min(k, N) int64, −1 where a query retrieved nothing (a NaN descriptor).
+    """
+    crop_dim = _check_crop(crop_dim, np.shape(db_desc)[1])
+    groups, exclude = dataset_rules(ds)
+    k = min(int(k), len(ds.db_images))
+    ranked, _, _ = rank_lists(crop_to_dim(db_desc, crop_dim), crop_to_dim(q_desc, crop_dim), k,
+                              groups=groups, exclude=exclude, block=block)
+    return ranked
+
+
+def evaluate_dataset(
+    ds,
+    db_desc: np.ndarray,
+    q_desc: np.ndarray,
+    ns: Sequence[int] | None = None,
+    crop_dim: int | None = None,
+    sample: int | None = None,
+    block: int | None = None,
+    rank_sample: int = 0,
+    margin: float = 0.1,
+    num_negatives: int = 1000,
+    protocol: str | None = None,
+) -> dict:
+    """:func:`evaluate` (or :func:`netvlad.metrics.msls.evaluate_msls`) with the positives and rules
+    of a ``PlaceDataset``.
+
+    Applies ``ds.rules``: "tokyo247_dedup" (``ds.db_groups``, or id // 12 when absent) and
+    "tokyotm_timestamp" (database images with the query's timestamp are excluded), and breaks
+    results down by ``ds.query_conditions`` when present.
+
+    ``protocol`` (default ``ds.protocol``): "netvlad" (recallAtN, every query in the denominator,
+    Ns default 1–5, 10–100 step 5) or "msls" (Mapillary's evaluation: queries without a positive
+    left out, recall@N and mAP@N, Ns default 1, 5, 10, 20). The result names it in "protocol".
+
+    Args:
+        ds: a ``netvlad.data.PlaceDataset`` (duck-typed: only its attributes are read).
+        db_desc: ds.num_db × D descriptors, in ``ds.db_images`` order.
+        q_desc: ds.num_queries × D descriptors, in ``ds.query_images`` order.
+        rank_sample: if > 0, also compute the rank loss (``testCoreRank``) on this many queries
+            sampled with seed 43, ``num_negatives`` random negatives each (rng reseeded to 43).
+        margin: rank-loss margin m.
+
+    Returns:
+        the :func:`evaluate` dict plus "dataset" (and "rank_loss").
+    """
+    from netvlad.metrics.msls import PROTOCOLS, evaluate_msls, protocol_ns
+
+    protocol = protocol or getattr(ds, "protocol", "netvlad")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
+    if len(ds.db_images) and np.isnan(np.asarray(ds.db_utm, dtype=np.float64)).all():
+        raise ValueError(f"dataset {ds.name}: no coordinates for its images (MSLS test cities): recall "
+                         "cannot be computed here; write the challenge's prediction file instead")
+    groups, exclude = dataset_rules(ds)
+    out = (evaluate_msls if protocol == "msls" else evaluate)(
         db_desc,
         q_desc,
         ds.all_positives(),
-        ns=ns,
+        ns=protocol_ns(protocol, ns),
         crop_dim=crop_dim,
         groups=groups,
         exclude=exclude,
@@ -205,6 +263,7 @@ def evaluate_dataset(
         block=block,
     )
     out["dataset"] = ds.name
+    out["protocol"] = protocol
     if rank_sample > 0:
         db = crop_to_dim(db_desc, _check_crop(crop_dim, np.shape(db_desc)[1]))
         q = crop_to_dim(q_desc, _check_crop(crop_dim, np.shape(db_desc)[1]))

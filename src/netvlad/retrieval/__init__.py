@@ -14,6 +14,9 @@ revisited Oxford/Paris (Radenović et al., CVPR 2018), with readers for their gr
 - Revisited (``gnd_roxford5k.pkl`` / ``gnd_rparis6k.pkl``, images in ``jpg/``): Easy (pos = easy,
   junk = junk + hard), Medium (pos = easy + hard, junk = junk), Hard (pos = hard, junk = junk +
   easy); queries cropped to their bounding box; mAP and mP@{1,5,10}.
+
+Place-recognition suites (:mod:`netvlad.retrieval.vpr`): one model over MSLS, Pittsburgh, Tokyo 24/7,
+Nordland, St Lucia, SF-XL, SPED, ... under each dataset's protocol, the published numbers beside.
 """
 
 from __future__ import annotations
@@ -34,9 +37,23 @@ from netvlad.retrieval.readers import (
     read_oxford_paris,
     read_revisited,
 )
+from netvlad.retrieval.vpr import (
+    VPR_NS,
+    VprBenchmark,
+    VprRow,
+    benchmark_vpr,
+    plot_vpr,
+    reported_results,
+)
 
 __all__ = [
     "BENCHMARKS",
+    "VPR_NS",
+    "VprBenchmark",
+    "VprRow",
+    "benchmark_vpr",
+    "plot_vpr",
+    "reported_results",
     "RetrievalBenchmark",
     "benchmark_retrieval",
     "crop_box",

@@ -53,6 +53,9 @@ class TrainConfig:
     limit_queries: int | None = None  # train on a fixed random subset of this many queries
     amp: bool = False  # CUDA autocast (bfloat16) for the tuple forward/backward
     seed: int = 42  # query order rng(seed + epoch) as MATLAB's rng(42 + iEpoch)
+    # Which queries an epoch visits: "uniform" (each once, MATLAB), "msls" (drawn with MSLS's
+    # night/sideways weights, netvlad.train.sampling), "auto" (msls on an MSLS dataset).
+    query_sampling: str = "auto"
 
     def __post_init__(self):
         self.jitter_scale = tuple(float(s) for s in self.jitter_scale)
@@ -70,6 +73,10 @@ class TrainConfig:
             )
         if self.lr <= 0:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
+        if self.query_sampling not in ("auto", "uniform", "msls"):
+            raise ValueError(
+                f"TrainConfig.query_sampling must be auto, uniform or msls, got {self.query_sampling!r}"
+            )
         if any(s <= 0 for s in self.jitter_scale):
             raise ValueError(f"TrainConfig.jitter_scale factors must be > 0, got {self.jitter_scale}")
 

@@ -32,6 +32,7 @@ from netvlad.train import dist as D
 from netvlad.train.cache import evaluate_places, refresh_cache
 from netvlad.train.config import TrainConfig, resolve_backprop_from
 from netvlad.train.runlog import MetricsLog, plot_curves
+from netvlad.train.sampling import epoch_order, query_weights
 from netvlad.train.state import (
     LATEST,
     cache_path,
@@ -221,6 +222,8 @@ def fit(
         train_q = np.sort(
             np.random.default_rng(cfg.seed).choice(len(train_q), cfg.limit_queries, replace=False)
         )
+    weights = query_weights(train_ds, cfg.query_sampling)
+    weights = None if weights is None else weights[train_q]
     metrics = MetricsLog(run_dir / "metrics.jsonl", is_main)
     mcfg = cfg.mining()
     pos = Position()
@@ -325,7 +328,7 @@ def fit(
         lr, refresh_every = cfg.schedule(epoch)
         for g in opt.param_groups:
             g["lr"] = lr
-        order = np.random.default_rng(cfg.seed + epoch).permutation(len(train_q))
+        order = epoch_order(len(train_q), cfg.seed, epoch, weights)
         n_batches = len(order) // cfg.batch_size
         if cfg.limit_batches is not None:
             n_batches = min(n_batches, cfg.limit_batches)

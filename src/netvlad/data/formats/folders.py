@@ -11,6 +11,8 @@ only easting and northing are required (``@123.4@567.8@.jpg`` is valid), the oth
 from __future__ import annotations
 
 import datetime as _dt
+import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,7 @@ from netvlad.data.formats._common import (
     looks_tokyo247,
     parse_float,
     utm_to_one_zone,
+    zone_key,
 )
 from netvlad.data.images import list_images
 from netvlad.data.places import PlaceDataset
@@ -47,13 +50,15 @@ AT_FIELDS = (
 QUERY_DIRS = ("queries", "query")
 
 
-def split_dirs(root: Path) -> tuple[Path, Path]:
-    """``root/database`` and ``root/queries`` (or ``root/query``); ValueError naming what is missing."""
+def split_dirs(root: Path, queries: str | None = None) -> tuple[Path, Path]:
+    """``root/database`` and ``root/queries`` (or ``root/query``, or the ``queries`` folder named);
+    ValueError naming what is missing."""
     db = root / "database"
-    q = next((root / d for d in QUERY_DIRS if (root / d).is_dir()), None)
+    q = next((root / d for d in ((queries,) if queries else QUERY_DIRS) if (root / d).is_dir()), None)
     if not db.is_dir() or q is None:
         subs = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-        raise ValueError(f"{root}: expected sub-folders database/ and queries/ (found {subs or 'none'})")
+        want = f"{queries}/" if queries else "queries/"
+        raise ValueError(f"{root}: expected sub-folders database/ and {want} (found {subs or 'none'})")
     return db, q
 
 
@@ -90,24 +95,78 @@ def parse_at_name(name: str, source) -> dict:
     return out
 
 
-def load_at_folder(root: str | Path, images: str | Path | None = None) -> PlaceDataset:
+def _far_zones(zones: list[str]) -> bool:
+    """Zone numbers further apart than neighbours (e.g. MSLS's cities): no one projection serves them.
+    Neighbouring zones, or one zone number on both sides of the equator, are re-projected."""
+    nums = sorted({zone_key(z)[0] for z in zones})
+    return max((min(abs(a - b), 60 - abs(a - b)) for a in nums for b in nums), default=0) > 1
+
+
+def _msls_conditions(notes: list) -> list[str] | None:
+    """``day_forward`` etc. from the note field ``<day|night>_<view>_<city>`` that
+    VPR-datasets-downloader's format_mapillary.py writes, when every query has one."""
+    out = []
+    for n in notes:
+        m = _MSLS_NOTE.match(n or "")
+        if not m:
+            return None
+        out.append(f"{m.group(1)}_{m.group(2)}")
+    return out or None
+
+
+_MSLS_NOTE = re.compile(r"^(day|night)_([a-z]+)_[^@]+$")
+
+
+def load_at_folder(
+    root: str | Path,
+    images: str | Path | None = None,
+    *,
+    name: str | None = None,
+    queries: str | None = None,
+    extensions: tuple[str, ...] | None = None,
+    raw_utm: bool = False,
+) -> PlaceDataset:
     """Load a ``database/`` + ``queries/`` folder of ``@``-named images.
 
     ``images`` is accepted for symmetry and ignored: the folder is the image root.
-    Files from several UTM zones are re-projected into the majority zone (via lat/lon), with a warning.
+    Files from neighbouring UTM zones are re-projected into the majority zone (via lat/lon), with a
+    warning; zones far apart (MSLS's cities on several continents) keep their own easting/northing,
+    as the VG benchmark reads them, since no projection serves them all.
+
+    Args:
+        name: the dataset's name (default: the folder's name).
+        queries: the query sub-folder (default ``queries``, else ``query``).
+        extensions: only files with these suffixes (case-sensitive, e.g. ``(".jpg",)`` as the VG
+            benchmark's ``glob("**/*.jpg")``); default every image type, any case.
+        raw_utm: keep every file's easting/northing as written, whatever its zone (the VG benchmark).
     """
     root = Path(root)
-    db_dir, q_dir = split_dirs(root)
+    db_dir, q_dir = split_dirs(root, queries)
     recs = {}
+    notes: list[str] = []
     for split, d in (("db", db_dir), ("query", q_dir)):
         names = list_images(d)
+        if extensions is not None:
+            kept = [n for n in names if n.endswith(extensions)]
+            if len(kept) < len(names):
+                notes.append(f"{d}: {len(names) - len(kept)} image file(s) not ending in "
+                             f"{'/'.join(extensions)} ignored, as the VG benchmark ignores them")
+            names = kept
         recs[split] = (names, [parse_at_name(n, d) for n in names])
     every = recs["db"][1] + recs["query"][1]
     coords = np.array([[r["easting"], r["northing"]] for r in every], dtype=np.float64).reshape(-1, 2)
     zones = [f"{r['zone_number']}{r.get('zone_letter', '')}" if "zone_number" in r else None for r in every]
-    notes: list[str] = []
-    if every and all(z is not None for z in zones):
-        utm, zone, zones, notes = utm_to_one_zone(coords, zones, root)
+    if every and all(z is not None for z in zones) and (raw_utm or _far_zones(zones)):
+        utm, zone, counts = coords, None, Counter(zones)
+        if len({zone_key(z) for z in zones}) > 1:
+            notes.append(f"{root}: UTM zones {', '.join(f'{z} ({c})' for z, c in sorted(counts.items()))} "
+                         "kept as written (easting/northing compared as they are, as the VG benchmark does)")
+            zones = None
+        else:
+            zone = counts.most_common(1)[0][0]
+    elif every and all(z is not None for z in zones):
+        utm, zone, zones, zone_notes = utm_to_one_zone(coords, zones, root)
+        notes += zone_notes
     else:
         utm, zone, zones = coords, None, None
     n_db = len(recs["db"][0])
@@ -122,12 +181,14 @@ def load_at_folder(root: str | Path, images: str | Path | None = None) -> PlaceD
     panos = [r.get("pano_id") for r in recs["db"][1]]
     if panos and all(panos):
         _, groups = np.unique(np.asarray(panos), return_inverse=True)
-    rules = frozenset({"tokyo247_dedup"}) if groups is not None and looks_tokyo247(root.name) else frozenset()
+    name = name or root.name
+    rules = frozenset({"tokyo247_dedup"}) if groups is not None and looks_tokyo247(name) else frozenset()
     db_ts, q_ts = opt("db", "timestamp"), opt("query", "timestamp")
     if (db_ts is None) != (q_ts is None):
         db_ts = q_ts = None
+    conditions = _msls_conditions([r.get("note") for r in recs["query"][1]])
     return PlaceDataset(
-        name=root.name,
+        name=name,
         db_root=db_dir,
         query_root=q_dir,
         db_images=recs["db"][0],
@@ -140,7 +201,9 @@ def load_at_folder(root: str | Path, images: str | Path | None = None) -> PlaceD
         db_headings=opt("db", "heading"),
         query_headings=opt("query", "heading"),
         rules=rules,
+        protocol="msls" if conditions is not None else "netvlad",
         db_groups=groups,
+        query_conditions=conditions,
         db_zones=None if zones is None else zones[:n_db],
         query_zones=None if zones is None else zones[n_db:],
         notes=notes,
