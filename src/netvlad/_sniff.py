@@ -18,6 +18,8 @@ FileKind = str
 
 _LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."  # torch.save's legacy pickle magic
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+# Photos given where a model or a feature file was meant (formats with signatures of 3+ bytes).
+_IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*")
 
 
 def sniff(path: str | Path) -> FileKind:
@@ -26,7 +28,8 @@ def sniff(path: str | Path) -> FileKind:
     Returns one of: "missing", "directory", "empty", "matlab-v5" (MATLAB 5.0 MAT-file header:
     v5/v6/v7), "matlab-v73" (an HDF5 file with MATLAB's 512-byte header), "hdf5", "torch-zip"
     (``torch.save`` since 1.6), "torch-legacy" (older ``torch.save``), "zip" (any other zip
-    archive), "tar", "gzip", "safetensors", "npy", "pickle", "html", "json", "text", "binary".
+    archive), "tar", "gzip", "safetensors", "npy", "pickle", "image" (PNG, JPEG, GIF, TIFF, WebP),
+    "html", "json", "text", "binary".
     """
     path = Path(path)
     if not path.exists():
@@ -53,6 +56,8 @@ def sniff(path: str | Path) -> FileKind:
         return "tar"
     if head.startswith(b"\x93NUMPY"):
         return "npy"
+    if head.startswith(_IMAGE_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+        return "image"
     if _is_safetensors(head):
         return "safetensors"
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
@@ -77,6 +82,7 @@ def describe(kind: FileKind) -> str:
         "safetensors": "a safetensors file",
         "npy": "a NumPy .npy array",
         "pickle": "a Python pickle",
+        "image": "an image file",
         "html": "an HTML page (a download that returned a web page?)",
         "json": "a JSON file",
         "text": "a text file",

@@ -170,6 +170,10 @@ def run_convert(args) -> int:
 
     if args.num_clusters < 2:
         raise CLIError(f"--num-clusters must be >= 2, got {args.num_clusters}")
+    if args.method is not None:
+        from netvlad.layers import parse_method
+
+        parse_method(args.method)  # a bad --method is refused before the file is read
     check_output_file(args.out, inputs=[("FILE", args.mat), ("--pca", args.pca)],
                       is_ours=is_netvlad_checkpoint, kind="netvlad checkpoint", overwrite=args.overwrite)
     config = ConvertConfig(method=args.method, crop=args.crop, num_clusters=args.num_clusters)
@@ -274,13 +278,19 @@ def _selected(feats, prefix, list_file, role: str):
 
 
 def is_pairs_file(path: Path) -> bool:
-    """A text file of 'query_name db_name' lines (its first 64 KiB)."""
+    """A text file of 'query_name db_name' lines (its first 64 KiB) whose names look like image
+    paths (a file suffix or a folder): a two-word line such as 'buy milk' is a user's text."""
     with open(path, "rb") as f:
         head = f.read(1 << 16)
     lines = head.decode("utf-8", errors="strict" if len(head) < 1 << 16 else "ignore").splitlines()
     if len(head) == 1 << 16:
         lines = lines[:-1]  # cut at the read's end
-    return bool(lines) and all(len(line.split()) == 2 for line in lines)
+
+    def is_pair(line: str) -> bool:
+        words = line.split()
+        return len(words) == 2 and all("/" in w or Path(w).suffix for w in words)
+
+    return bool(lines) and all(map(is_pair, lines))
 
 
 def run_pairs(args) -> int:

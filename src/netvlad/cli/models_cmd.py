@@ -217,9 +217,9 @@ def run_init(args) -> int:
         if args.max_side < 1:
             raise CLIError("--max-side must be >= 1")
         m.set_preprocess(replace(m.preprocess, max_side=args.max_side))
-    m.to(args.device)
     # Images read as extraction reads them: upright photos, and no photo over --max-pixels.
     cfg = ExtractConfig(device=args.device, **image_settings(args, exif_default=args.dataset is None))
+    m.to(args.device)
     res = init_clusters(m, paths, per_image=args.per_image, max_images=args.max_images, seed=args.seed,
                         progress=not args.quiet, loader=ModelImageReader(m, cfg))
     extra = {"init": {"source": where, "num_images": res.num_images, "num_descriptors": res.num_descriptors,

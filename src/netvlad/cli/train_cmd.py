@@ -415,6 +415,8 @@ def run_pca(args) -> int:
         raise CLIError("--dim auto chooses the dimension by validation recall@1: give --val SPEC")
     if args.val and not auto:
         raise CLIError("--val is used by --dim auto only")
+    if args.batch_size < 1:
+        raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
     inputs = [("MODEL", args.model), ("--dataset", args.dataset), ("--images", args.images),
               ("--val", args.val)]
     check_output_file(args.out, inputs=inputs, is_ours=is_netvlad_checkpoint, kind="netvlad checkpoint",

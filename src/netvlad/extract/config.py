@@ -9,6 +9,8 @@ import sys
 
 import torch
 
+from netvlad.models import check_device
+
 #: Default ``ExtractConfig.max_pixels``: 2**23 (8.4 Mpx, e.g. 3344×2508). VGG-16 fp32 needs about
 #: 520 bytes per input pixel for its forward pass (peak RSS measured in a subprocess with
 #: ``resource.getrusage``: benchmarks/image_memory.py), so a forward pass at this limit takes about
@@ -89,6 +91,10 @@ class ExtractConfig:
     progress: bool = True
 
     def __post_init__(self):
+        check_device(self.device)
+        if self.num_workers is not None and int(self.num_workers) < 0:
+            raise ValueError(f"num_workers must be >= 0 (0: decode in the main process) or None, "
+                             f"got {self.num_workers}")
         if self.max_pixels is not None and int(self.max_pixels) < 1:
             raise ValueError(f"max_pixels must be >= 1 or None (no bound), got {self.max_pixels}")
         if self.oversize not in OVERSIZE_MODES:

@@ -208,7 +208,7 @@ def _iter_descriptors(model, paths: Sequence[Path], todo: np.ndarray, cfg: Extra
     device = torch.device(cfg.device)
     if device.type == "cpu" and cfg.tune_malloc:
         tune_malloc()
-    workers = default_num_workers(device) if cfg.num_workers is None else max(0, int(cfg.num_workers))
+    workers = default_num_workers(device) if cfg.num_workers is None else int(cfg.num_workers)
     loader = torch.utils.data.DataLoader(
         _ImageFiles(paths, SizePolicy(preprocess_for(model, cfg.max_side), cfg)), batch_sampler=plan,
         num_workers=workers, collate_fn=_collate, worker_init_fn=_worker_init if workers else None,
@@ -332,6 +332,9 @@ def extract_features(model, paths: Sequence[str | Path], names: Sequence[str], o
                 if callback is not None:
                     callback(writer.done, len(names))
     except BaseException:
+        if writer.done == 0 and writer.status.kind == "new":
+            writer.discard()  # nothing computed yet: nothing to resume, no file left behind
+            raise
         logger.info("%s: stopped after %d of %d images; rerun to resume", out, writer.done, len(names))
         writer.close()
         raise

@@ -281,6 +281,16 @@ class FeatureWriter:
             self._f = None
         self._lock.release()
 
+    def discard(self) -> None:
+        """Close, delete the partial file and release the lock: for a run that stopped before its
+        first row (a bad image or a full disk found first), so that the refusal leaves nothing."""
+        if self._f is not None:
+            _close_h5(self._f)
+            self._f = None
+        if self.status is not None and self.status.kind != "up-to-date":
+            self.partial.unlink(missing_ok=True)
+        self._lock.release()
+
     def _disk_full(self):
         left = len(self.names) - self._done
         size = np.dtype(self.dtype).itemsize

@@ -10,7 +10,7 @@ from netvlad.layers import UninitializedError
 from netvlad.models.checkpoint import load_checkpoint, load_model, save_model
 from netvlad.models.clusters import ClusterInit, InitConfig, init_clusters
 from netvlad.models.config import IMAGENET, LITE0, MATCONVNET, PRESETS, ModelConfig, Preprocess, list_presets
-from netvlad.models.model import PlaceModel, config_out_dim, create_model, resolve_config
+from netvlad.models.model import PlaceModel, check_device, config_out_dim, create_model, resolve_config
 
 __all__ = [
     "IMAGENET",
@@ -23,6 +23,7 @@ __all__ = [
     "PlaceModel",
     "Preprocess",
     "UninitializedError",
+    "check_device",
     "config_out_dim",
     "create_model",
     "init_clusters",

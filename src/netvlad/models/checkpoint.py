@@ -12,7 +12,7 @@ import torch
 from netvlad._atomic import atomic_write
 from netvlad._sniff import describe, sniff
 from netvlad.models.config import PRESETS, ModelConfig
-from netvlad.models.model import PlaceModel, create_model
+from netvlad.models.model import PlaceModel, check_device, create_model
 
 __all__ = ["FORMAT", "VERSION", "load_checkpoint", "load_model", "save_model"]
 
@@ -80,9 +80,15 @@ def load_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tens
     if int(payload.get("version", 0)) > VERSION:
         raise ValueError(f"{path}: checkpoint version {payload['version']} is newer than this netvlad "
                          f"supports ({VERSION}); upgrade netvlad")
-    state = payload["state_dict"]
+    state = payload.get("state_dict")
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: netvlad checkpoint without a state_dict (a damaged file?)")
     _check_finite_state(path, state)
-    return ModelConfig.from_dict(payload["config"]), state, payload.get("extra") or {}
+    try:
+        config = ModelConfig.from_dict(payload["config"])
+    except (KeyError, TypeError, ValueError) as exc:  # a hand-edited or foreign config
+        raise ValueError(f"{path}: bad model config in the checkpoint ({exc})") from None
+    return config, state, payload.get("extra") or {}
 
 
 def _read_safetensors(path: Path) -> dict[str, Any]:
@@ -140,8 +146,9 @@ def load_model(
 
     Raises:
         FileNotFoundError: neither a preset nor an existing file (lists the presets).
-        ValueError: ``weights`` given with a checkpoint.
+        ValueError: ``weights`` given with a checkpoint, or a ``device`` not available here.
     """
+    device = check_device(device)
     if isinstance(name_or_path, str) and name_or_path in PRESETS and not Path(name_or_path).exists():
         return create_model(name_or_path, weights=weights).to(device)
     path = Path(name_or_path)
@@ -150,9 +157,16 @@ def load_model(
     if weights is not None:
         raise ValueError(f"{path}: --weights applies to presets only; a checkpoint carries its own weights")
     config, state, _ = load_checkpoint(path)
-    model = PlaceModel(config)
+    try:
+        model = PlaceModel(config)
+    except (KeyError, ValueError) as exc:  # e.g. a backbone or method this netvlad does not know
+        why = exc.args[0] if exc.args else exc
+        raise ValueError(f"{path}: its config describes a model this netvlad cannot build ({why})") from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise ValueError(f"{path}: weights do not match the config ({str(exc).splitlines()[0]})") from exc
+        # torch's first line only says "Error(s) in loading state_dict"; the next ones say which tensor
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        why = "; ".join(lines[1:3] or lines[:1]) + ("; ..." if len(lines) > 3 else "")
+        raise ValueError(f"{path}: weights do not match the config ({why[:400]})") from None
     return model.to(device).eval()

@@ -12,7 +12,33 @@ from torch import Tensor, nn
 from netvlad.layers import NetVLAD, UninitializedError, build_head, l2n_eps_inside, parse_method, whole_l2n
 from netvlad.models.config import PRESETS, ModelConfig, Preprocess
 
-__all__ = ["PlaceModel", "config_out_dim", "create_model", "resolve_config"]
+__all__ = ["PlaceModel", "check_device", "config_out_dim", "create_model", "resolve_config"]
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device`` that exists here.
+
+    Why: torch reports a CUDA device asked for on a machine (or a torch build) without one as an
+    AssertionError or RuntimeError from deep inside ``.to()``; users should read one line.
+
+    Raises:
+        ValueError: naming the device and what is missing (not a device string, no CUDA support
+            in this torch build, no such CUDA device, no MPS).
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device {str(device)!r}: not a torch device ({str(exc).splitlines()[0]})") from None
+    if dev.type == "cuda":
+        if torch.version.cuda is None:
+            raise ValueError(f"device {str(device)!r}: this torch build ({torch.__version__}) has no CUDA "
+                             "support; use cpu")
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (dev.index is not None and dev.index >= count):
+            raise ValueError(f"device {str(device)!r}: {count} CUDA device(s) visible here")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {str(device)!r}: MPS is not available here; use cpu")
+    return dev
 
 
 def _build_backbone(name: str, crop: str | None, weights: str | Path | None) -> nn.Module:

@@ -28,6 +28,7 @@ from PIL import Image
 from netvlad._atomic import atomic_write_text
 from netvlad.losses import triplet_ranking_loss
 from netvlad.mining import NegativeMemory, mine, query_rng
+from netvlad.models import check_device
 from netvlad.train import dist as D
 from netvlad.train.cache import evaluate_places, refresh_cache
 from netvlad.train.config import TrainConfig, resolve_backprop_from
@@ -196,7 +197,7 @@ def fit(
     rank, world = D.rank_world()
     is_main = rank == 0
     run_dir = Path(out_dir)
-    device = torch.device(device)
+    device = check_device(device)
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
     D.barrier()
@@ -270,6 +271,7 @@ def fit(
         else:
             db_cache, q_cache = cached
     else:
+        metrics.reset()  # records of an earlier run here that stopped before its first checkpoint
         if is_main:
             info = {
                 "train": cfg.to_dict(),

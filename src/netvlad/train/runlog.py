@@ -4,21 +4,43 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
 
-from netvlad._atomic import atomic_write_text
+from netvlad._atomic import atomic_write, atomic_write_text
+from netvlad._outputs import disk_full_error, is_disk_full
 
 
 class MetricsLog:
     def __init__(self, path: Path, enabled: bool):
         self.path, self.enabled = path, enabled
 
-    def write(self, rec: dict) -> None:
+    def reset(self) -> None:
+        """Start an empty log (a new run in a folder whose earlier run stopped before a checkpoint)."""
         if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
+            self.path.unlink(missing_ok=True)
+
+    def write(self, rec: dict) -> None:
+        """Append one record; a full disk leaves no half record and is a DiskFullError naming the file."""
+        if not self.enabled:
+            return
+        data = memoryview((json.dumps(rec) + "\n").encode())
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            start = os.fstat(fd).st_size
+            try:
+                while data:  # a full disk first shortens a write, then fails the next one
+                    data = data[os.write(fd, data):]
+            except OSError as exc:
+                os.ftruncate(fd, start)
+                if is_disk_full(exc):
+                    then = "free some space and rerun (--resume goes on from the last checkpoint)"
+                    raise disk_full_error(self.path, then=then) from exc
+                raise
+        finally:
+            os.close(fd)
 
     def batch_records(self, epoch: int) -> list[dict]:
         """The batch records of `epoch` written so far."""
@@ -33,9 +55,10 @@ class MetricsLog:
             return
         keep = []
         for line in self.path.read_text().splitlines():
-            if not line.strip():
+            try:
+                r = json.loads(line)
+            except ValueError:  # blank, or a record cut short by a killed process
                 continue
-            r = json.loads(line)
             if r.get("type") == "batch" and r["global_batch"] > pos.global_batch:
                 continue
             if r.get("type") == "epoch" and r["epoch"] >= pos.epoch:
@@ -74,7 +97,7 @@ def plot_curves(run_dir: Path) -> None:
     ax[1].set(xlabel="epoch (0 = off-the-shelf)", ylabel="val recall", title="recall@N")
     ax[1].legend(loc="lower right")
     fig.tight_layout()
-    tmp = run_dir / "curves.tmp.png"
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    tmp.replace(run_dir / "curves.png")
+    try:
+        atomic_write(run_dir / "curves.png", lambda tmp: fig.savefig(tmp, dpi=80), suffix=".png")
+    finally:
+        plt.close(fig)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from netvlad._atomic import atomic_write
+from netvlad.models import load_checkpoint as load_model_checkpoint
 
 CKPT_FORMAT = "netvlad-checkpoint"
 LATEST = "ckpt_latest.pt"
@@ -70,16 +71,19 @@ def save_checkpoint(path: str | Path, model, train_state: dict) -> Path:
 
 
 def load_checkpoint(path: str | Path) -> dict:
+    """A training checkpoint → {"state_dict", "extra": {"train": ...}}.
+
+    Read as every model checkpoint is (`netvlad.models.load_checkpoint`: recognised by content,
+    weights_only, NaN/inf weights refused), so a resume cannot start from a diverged or unsafe file.
+
+    Raises:
+        FileNotFoundError, ValueError: one line naming ``path`` and the problem.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file for the user
-        raise ValueError(f"{path}: unreadable checkpoint ({exc})") from exc
-    if not isinstance(ck, dict) or ck.get("format") != CKPT_FORMAT or "state_dict" not in ck:
-        raise ValueError(f"{path}: not a netvlad checkpoint")
-    return ck
+    _, state, extra = load_model_checkpoint(path)
+    if not isinstance(extra.get("train"), dict):
+        raise ValueError(f"{path}: a model checkpoint without training state; nothing to resume from")
+    return {"format": CKPT_FORMAT, "state_dict": state, "extra": extra}
 
 
 def cache_path(run_dir: str | Path, refresh_id: int) -> Path:
