@@ -37,7 +37,7 @@ ALLOWED = {
     "retrieval": {"metrics", "index", "extract", "models", "data", "io"},
     "train": {
         "models", "layers", "backbones", "data", "geo", "extract", "io", "mining", "losses",
-        "index", "metrics", "whitening",
+        "index", "metrics", "whitening", "weights", "convert",
     },
     "demo": {
         "models", "layers", "backbones", "data", "geo", "extract", "io", "mining", "losses",

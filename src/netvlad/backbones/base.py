@@ -257,6 +257,19 @@ class Backbone(nn.Module):
                 )
         self._apply_freeze(self.kept_layer_names[:idx], freeze_bn)
 
+    def freeze_layers(self, names: list[str], freeze_bn: bool = True) -> None:
+        """Freeze exactly the kept layers ``names`` (any set, e.g. MATLAB's ``fixLayers``); the others
+        become trainable.
+
+        Raises:
+            ValueError: a name that is not a kept layer.
+        """
+        for n in names:
+            self._check_layer(n, "freeze_layers")
+            if n not in self.kept_layer_names:
+                raise ValueError(f"layer {n!r} is beyond the crop {self.crop!r} of {self.name}")
+        self._apply_freeze([n for n in self.kept_layer_names if n in set(names)], freeze_bn)
+
     def freeze_all(self, freeze_bn: bool = True) -> None:
         """Freeze every kept layer (train only what comes after the backbone)."""
         self._apply_freeze(list(self.kept_layer_names), freeze_bn)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from netvlad.mining import MiningConfig
 
@@ -15,50 +15,77 @@ RECALL_NS: tuple[int, ...] = (1, 2, 3, 4, 5, *range(10, 101, 5))
 PAPER_BACKPROP_FROM = {"vgg16": "conv5_1", "vgg19": "conv5_1", "alexnet": "conv2"}
 
 
+def _opt(default, help: str, **cli):
+    """A TrainConfig field whose ``help`` (and CLI hints: ``choices``, ``type``) travel in its metadata."""
+    return field(default=default, metadata={"help": help, **cli})
+
+
 @dataclass
 class TrainConfig:
-    """Options of `netvlad.train.fit` (``trainWeakly`` names in comments).
+    """Options of `netvlad.train.fit` (``trainWeakly`` names in the help texts).
 
     Frequencies are in *queries* as in MATLAB and converted to batches with ceil(x / batch_size).
+    Each field's ``metadata["help"]`` is its one description; ``netvlad train --help`` shows it.
     """
 
-    epochs: int = 30  # nEpoch
-    batch_size: int = 4  # batchSize: query tuples per SGD step
-    lr: float = 1e-4  # learningRate (demo.m: 1e-3 for Pitts30k)
-    lr_down_freq: int = 5  # lrDownFreq (epochs)
-    lr_down_factor: float = 2.0  # lrDownFactor
-    momentum: float = 0.9
-    weight_decay: float = 1e-3
-    margin: float = 0.1  # on squared distances
-    n_neg_choice: int = 1000  # nNegChoice
-    n_neg_cap: int = 10  # nNegCap
-    n_neg_cache: int = 10  # nNegCache
-    exclude_very_hard: bool = False  # excludeVeryHard
-    comp_feats_frequency: int = 1000  # compFeatsFrequency (queries); doubles at each LR drop
-    save_frequency: int = 2000  # saveFrequency (queries): ckpt_latest.pt
-    backprop_from: str | None = "auto"  # backPropToLayer: "auto" = conv5_1 (VGG), conv2 (AlexNet), else all
-    jitter_flip: bool = False  # jitterFlip
-    jitter_scale: tuple[float, ...] = ()  # jitterScale
-    cache_dtype: str = "float16"  # cache storage: float16 halves memory; float32 as MATLAB
-    mining_pca_dim: int | None = None  # PCA-reduce the cache for mining only
-    save_cache: bool = True  # keep the current cache on disk so --resume is bit-exact
-    compute_batch_size: int = 10  # computeBatchSize (cache and val extraction)
-    num_workers: int = 2  # image-decoding processes for cache and val extraction (0 = in process)
-    test0: bool = True  # off-the-shelf val evaluation before training
-    n_test_sample: int = 1000  # nTestSample (val recall, rng 43)
-    n_test_rank_sample: int = 5000  # nTestRankSample (val rank loss, rng 43)
-    recall_ns: tuple[int, ...] = RECALL_NS
-    cluster_images: int = 500  # images sampled for NetVLAD initialisation when uninitialised
-    limit_batches: int | None = None  # at most this many batches per epoch (smoke runs)
-    limit_queries: int | None = None  # train on a fixed random subset of this many queries
-    amp: bool = False  # CUDA autocast (bfloat16) for the tuple forward/backward
-    seed: int = 42  # query order rng(seed + epoch) as MATLAB's rng(42 + iEpoch)
-    # Which queries an epoch visits: "uniform" (each once, MATLAB), "msls" (drawn with MSLS's
-    # night/sideways weights, netvlad.train.sampling), "auto" (msls on an MSLS dataset).
-    query_sampling: str = "auto"
+    epochs: int = _opt(30, "nEpoch")
+    batch_size: int = _opt(4, "query tuples per SGD step (batchSize)")
+    lr: float = _opt(1e-4, "base learning rate (learningRate; demo.m: 1e-3 for Pitts30k)")
+    lr_down_freq: int = _opt(5, "halve the LR every this many epochs (lrDownFreq)")
+    lr_down_factor: float = _opt(2.0, "LR divisor (lrDownFactor)")
+    momentum: float = _opt(0.9, "SGD momentum")
+    weight_decay: float = _opt(1e-3, "weight decay (weightDecay)")
+    margin: float = _opt(0.1, "triplet margin on squared distances")
+    n_neg_choice: int = _opt(1000, "random negatives per query visit (nNegChoice)")
+    n_neg_cap: int = _opt(10, "max negatives per tuple (nNegCap)")
+    n_neg_cache: int = _opt(10, "hard negatives remembered per query (nNegCache)")
+    exclude_very_hard: bool = _opt(False, "drop negatives closer than the positive (excludeVeryHard)")
+    comp_feats_frequency: int = _opt(
+        1000, "refresh the feature cache every N queries; doubles at each LR drop (compFeatsFrequency)"
+    )
+    save_frequency: int = _opt(2000, "write ckpt_latest.pt every N queries (saveFrequency)")
+    backprop_from: str | int | None = _opt(
+        "auto",
+        "lowest trained layer (backPropToLayer), a name or MATLAB's 1-based layer index; "
+        "'auto' = conv5_1 (VGG) / conv2 (AlexNet); 'all' = everything",
+    )
+    fix_layers: tuple[str, ...] = _opt((), "layers never updated, by name (fixLayers)")
+    jitter_flip: bool = _opt(False, "flip the whole tuple with p = 0.5 (jitterFlip)")
+    jitter_scale: tuple[float, ...] = _opt((), "scale factors, one drawn per tuple (jitterScale)", type=float)
+    cache_dtype: str = _opt(
+        "float16",
+        "feature cache storage: float16 halves memory; float32 as MATLAB",
+        choices=("float16", "bfloat16", "float32"),
+    )
+    mining_pca_dim: int | None = _opt(None, "PCA-reduce the cache to this dimension for mining", type=int)
+    save_cache: bool = _opt(True, "keep the current cache on disk so that a resume is bit-exact")
+    compute_batch_size: int = _opt(10, "batch size for cache/val extraction (computeBatchSize)")
+    num_workers: int = _opt(2, "image decoding processes for cache/val extraction (0 = in the main process)")
+    test0: bool = _opt(True, "evaluate the off-the-shelf network on val and train before training (test0)")
+    n_test_sample: int = _opt(1000, "queries for recall, val and train (nTestSample, seed 43)")
+    n_test_rank_sample: int = _opt(
+        5000, "queries for the rank loss, val and train (nTestRankSample, seed 43); 0 = skip"
+    )
+    recall_ns: tuple[int, ...] = _opt(RECALL_NS, "Ns of recall@N (recallNs)", type=int)
+    cluster_images: int = _opt(500, "images for NetVLAD cluster initialisation")
+    limit_batches: int | None = _opt(None, "at most N batches per epoch (smoke runs)", type=int)
+    limit_queries: int | None = _opt(None, "train on a fixed random subset of N queries", type=int)
+    amp: bool = _opt(False, "CUDA autocast (bfloat16) for the tuple forward/backward")
+    seed: int = _opt(42, "query-order seed (MATLAB rng(42 + epoch))")
+    query_sampling: str = _opt(
+        "auto",
+        "queries per epoch: uniform (each once), msls (drawn with MSLS's night/sideways weights), "
+        "auto (msls on an MSLS dataset)",
+        choices=("auto", "uniform", "msls"),
+    )
 
     def __post_init__(self):
         self.jitter_scale = tuple(float(s) for s in self.jitter_scale)
+        self.fix_layers = (self.fix_layers,) if isinstance(self.fix_layers, str) else tuple(self.fix_layers)
+        if isinstance(self.backprop_from, str) and self.backprop_from.isdigit():
+            self.backprop_from = int(self.backprop_from)
+        if isinstance(self.backprop_from, int) and self.backprop_from < 1:
+            raise ValueError(f"TrainConfig.backprop_from: layer indices start at 1, got {self.backprop_from}")
         self.recall_ns = tuple(int(n) for n in self.recall_ns)
         if self.cache_dtype not in ("float16", "float32", "bfloat16"):
             raise ValueError(
@@ -92,6 +119,7 @@ class TrainConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["jitter_scale"] = list(self.jitter_scale)
+        d["fix_layers"] = list(self.fix_layers)
         d["recall_ns"] = list(self.recall_ns)
         return d
 
@@ -107,15 +135,15 @@ class TrainConfig:
         """(learning rate, cache refresh period in batches) for 1-based `epoch`.
 
         MATLAB: at epochs 6, 11, ... (``mod(iEpoch, lrDownFreq) == 1``) ``lr /= lrDownFactor`` and
-        ``batchCompFeatsFrequency = round(batchCompFeatsFrequency * lrDownFactor)``, counted from
-        epoch 1 even when resuming.
+        ``batchCompFeatsFrequency = round(batchCompFeatsFrequency * lrDownFactor)`` (MATLAB's
+        round: halves away from zero), counted from epoch 1 even when resuming.
         """
         lr = self.lr
         freq = math.ceil(self.comp_feats_frequency / self.batch_size)
         for e in range(2, epoch + 1):
             if e % self.lr_down_freq == 1:  # as MATLAB: lrDownFreq = 1 never decays
                 lr /= self.lr_down_factor
-                freq = int(round(freq * self.lr_down_factor))
+                freq = matlab_round(freq * self.lr_down_factor)
         return lr, max(1, freq)
 
     @property
@@ -123,8 +151,16 @@ class TrainConfig:
         return max(1, math.ceil(self.save_frequency / self.batch_size))
 
 
-def resolve_backprop_from(config: TrainConfig, backbone_name: str | None) -> str | None:
-    """The layer to train from: ``backprop_from`` unless "auto" (paper's choice per backbone)."""
+def matlab_round(x: float) -> int:
+    """MATLAB's ``round``: to the nearest integer, halves away from zero (Python's rounds to even)."""
+    return int(math.copysign(math.floor(abs(x) + 0.5), x))
+
+
+def resolve_backprop_from(config: TrainConfig, backbone_name: str | None) -> str | int | None:
+    """The layer to train from: ``backprop_from`` unless "auto" (paper's choice per backbone).
+
+    Returns a layer name, MATLAB's 1-based layer index (`netvlad.train.layers.freeze_for_training`
+    maps it to a name), or None (everything is trained)."""
     if config.backprop_from != "auto":
         return config.backprop_from
     return PAPER_BACKPROP_FROM.get(backbone_name or "")

@@ -9,6 +9,8 @@ start, as DDP does at construction.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -82,3 +84,17 @@ def gather_rows(local: np.ndarray, n_total: int, dim: int) -> np.ndarray:
     out = [torch.zeros_like(buf) for _ in range(world)]
     dist.all_gather(out, buf)
     return torch.cat(out)[:n_total].cpu().numpy()
+
+
+def init_distributed(device: str) -> str:
+    """Join the torchrun process group when launched by torchrun (``WORLD_SIZE`` > 1 in the
+    environment) and not joined yet; returns this rank's device (``cuda:LOCAL_RANK`` on CUDA)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return device
+    use_cuda = str(device).startswith("cuda")
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return f"cuda:{local}"
+    return device

@@ -1,10 +1,12 @@
-"""Run-directory logging: metrics.jsonl records (truncated on resume) and the curves PNG."""
+"""Run-directory logging: metrics.jsonl records (truncated on resume), the curves PNG and the
+lines a run prints (the epoch summary)."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,67 @@ from netvlad._atomic import atomic_write, atomic_write_text
 from netvlad._outputs import disk_full_error, is_disk_full
 
 
+@dataclass
+class EpochSums:
+    """Running totals of one epoch's batches, for its summary line."""
+
+    loss: float = 0.0  # Σ per-query losses
+    mined: float = 0.0  # queries that had a positive
+    violators: float = 0.0
+    resumed: bool = False  # the epoch's first batches ran in an earlier process
+
+    def add(self, loss_sum: float, n_mined: float, n_viol: float) -> None:
+        self.loss += loss_sum
+        self.mined += n_mined
+        self.violators += n_viol
+
+    @classmethod
+    def of_records(cls, records: list[dict], resumed: bool = False) -> EpochSums:
+        """Totals of metrics.jsonl batch records (the batches run before a resume)."""
+        sums = cls(resumed=resumed)
+        for r in records:
+            m = float(r.get("mined", 0))
+            sums.add(
+                float(r.get("loss", 0.0)) * m,
+                m,
+                float(r.get("violators", r.get("violators_per_query", 0.0) * m)),
+            )
+        return sums
+
+    def summary(self, epoch: int, epochs: int, tests: dict, seconds: float) -> str:
+        """The epoch's line: mean loss, violators, val and train recall, rank losses, time.
+
+        Args:
+            tests: the epoch record's ``val_recall``, ``val_rankloss`` and (optional)
+                ``train_recall``, ``train_rankloss``.
+        """
+        loss = self.loss / self.mined if self.mined else float("nan")
+        viol = self.violators / self.mined if self.mined else float("nan")
+        since = " since the resume" if self.resumed else ""
+        parts = [f"epoch {epoch}/{epochs}: mean loss {loss:.4f}", f"{viol:.2f} violators per query",
+                 recall_text(tests["val_recall"])]
+        if tests.get("train_recall"):
+            parts.append(recall_text(tests["train_recall"], "train"))
+        parts.append(rankloss_text(tests))
+        return ", ".join(p for p in parts if p) + f", {seconds:.1f} s{since}"
+
+
+def recall_text(recall: dict, which: str = "val") -> str:
+    """The text "val recall@1/5/10 a/b/c" (the first three Ns when 1, 5 and 10 were not computed)."""
+    ns = [n for n in (1, 5, 10) if n in recall] or sorted(recall)[:3]
+    return f"{which} recall@{'/'.join(map(str, ns))} " + "/".join(f"{recall[n]:.3f}" for n in ns)
+
+
+def rankloss_text(tests: dict) -> str:
+    """The text "rank loss val a, train b" ("" when neither was computed)."""
+    got = [(w, tests.get(f"{w}_rankloss")) for w in ("val", "train")]
+    got = [f"{w} {v:.4f}" for w, v in got if v is not None]
+    return "rank loss " + ", ".join(got) if got else ""
+
+
 class MetricsLog:
+    """metrics.jsonl of a run: one JSON record per line, appended; only rank 0 writes (`enabled`)."""
+
     def __init__(self, path: Path, enabled: bool):
         self.path, self.enabled = path, enabled
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from netvlad.models import load_model, save_model
+
 TIE_TOL = 1e-6
 
 
@@ -108,3 +110,20 @@ def cleanup(run_dir: str | Path, n: int = 5, delete: bool = False) -> list[Path]
         for p in others:
             p.unlink()
     return others
+
+
+def export_best(run_dir: str | Path, out: str | Path, n: int = 5) -> tuple[int, Path]:
+    """Save the best epoch's model alone (no optimizer or training state) to `out`
+    (``pickBestNet``'s ``bestNet``); the checkpoint records the run and the epoch.
+
+    Returns:
+        (best epoch, path of its checkpoint in the run).
+
+    Raises:
+        FileNotFoundError: the best epoch's checkpoint was deleted.
+    """
+    epoch, path = pick_best(run_dir, n)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint of the best epoch is missing")
+    save_model(load_model(path), out, extra={"run": str(run_dir), "epoch": epoch})
+    return epoch, path
