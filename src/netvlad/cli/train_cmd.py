@@ -48,6 +48,12 @@ def _add_config_args(p) -> None:
 
 def register(sub) -> None:
     """Add ``train``, ``pick-best`` and ``pca``."""
+    _register_train(sub)
+    _register_pick_best(sub)
+    _register_pca(sub)
+
+
+def _register_train(sub) -> None:
     p = sub.add_parser(
         "train",
         help="weakly supervised training from GPS-tagged images (trainWeakly)",
@@ -83,6 +89,8 @@ def register(sub) -> None:
     _add_config_args(p)
     p.set_defaults(func=run_train)
 
+
+def _register_pick_best(sub) -> None:
     p = sub.add_parser("pick-best", help="the epoch with the best val recall@N (pickBestNet)")
     p.add_argument("run_dir", metavar="RUN_DIR", type=Path)
     p.add_argument("--n", type=int, default=5, help="the N of recall@N that decides (default: 5)")
@@ -98,6 +106,8 @@ def register(sub) -> None:
     )
     p.set_defaults(func=run_pick_best)
 
+
+def _register_pca(sub) -> None:
     p = sub.add_parser("pca", help="append PCA-whitening learnt on training database images (addPCA)")
     p.add_argument("model", metavar="MODEL", help="preset name or checkpoint path")
     p.add_argument("--dataset", metavar="SPEC", required=True, help="training dataset (its database images)")

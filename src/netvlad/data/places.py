@@ -8,11 +8,11 @@ Ground-truth semantics follow the MATLAB ``dbBase`` class of Relja/netvlad v1.03
   the lower bound drops near-duplicates such as other crops of the same panorama;
 - negatives: everything beyond ``pos_radius``.
 
-Rules (``rules``):
+Rules (``rules``, implemented once in `netvlad.protocol`):
 
 - ``"tokyotm_timestamp"`` (``dbTokyoTimeMachine``): a database image taken at the query's own
   timestamp is neither a non-trivial positive nor a valid retrieval result (the queries are
-  drawn from the Time Machine imagery itself, Nanne#9).
+  drawn from the Time Machine imagery itself).
 - ``"tokyo247_dedup"`` (``dbTokyo247``): the database holds 12 perspective cutouts per panorama;
   a ranked list keeps only the first cutout of each panorama (``db_groups``), Torii et al. CVPR'15.
 """
@@ -25,21 +25,18 @@ from pathlib import Path
 
 import numpy as np
 
+from netvlad import protocol
 from netvlad.geo import radius_search
+from netvlad.protocol import KNOWN_RULES, RETRIEVE_FACTOR, as_rows  # noqa: F401 - re-exported here
 
-KNOWN_RULES = frozenset({"tokyotm_timestamp", "tokyo247_dedup"})
 # How recall is counted by default: "netvlad" (recallAtN: every query in the denominator) or "msls"
 # (Mapillary's evaluate.py: queries without a positive left out; netvlad.metrics.msls).
 PROTOCOLS = ("netvlad", "msls")
-# Over-retrieval factors of MATLAB's nnSearchPostprocess: fetch factor·nTop, filter, keep nTop.
-RETRIEVE_FACTOR = {"tokyotm_timestamp": 10, "tokyo247_dedup": 12}
 TOKYO247_CONDITIONS = ("night", "day", "sunset")  # index = (query number) mod 3
 
 
 def dedup_ranked(ranked: np.ndarray, groups: np.ndarray, n_top: int | None = None) -> np.ndarray:
-    """Panorama non-maximum suppression of one ranked list (Tokyo 24/7 protocol).
-
-    Keeps the first (best-ranked) database image of each group, in rank order.
+    """Panorama non-maximum suppression of one ranked list (`netvlad.protocol.dedup_ranked` of a row).
 
     Args:
         ranked: (M,) database indices, best first. Negative entries (padding) are dropped.
@@ -49,26 +46,16 @@ def dedup_ranked(ranked: np.ndarray, groups: np.ndarray, n_top: int | None = Non
     Returns:
         (≤ min(M, n_top),) int64 database indices.
     """
-    ranked = np.asarray(ranked, dtype=np.int64).ravel()
-    ranked = ranked[ranked >= 0]
-    g = np.asarray(groups)[ranked]
-    _, first = np.unique(g, return_index=True)
-    keep = ranked[np.sort(first)]
-    return keep if n_top is None else keep[:n_top]
+    return as_rows(protocol.dedup_ranked([ranked], groups, n_top))[0]
 
 
 def dedup_ranked_matrix(ranked: np.ndarray, groups: np.ndarray, n_top: int) -> np.ndarray:
-    """`dedup_ranked` for every row of a (Q, M) ranked matrix; rows shorter than n_top are padded with -1.
+    """`netvlad.protocol.dedup_ranked` of a (Q, M) ranked matrix, padded with -1 to n_top columns.
 
     Returns:
         (Q, n_top) int64.
     """
-    ranked = np.asarray(ranked, dtype=np.int64)
-    out = np.full((ranked.shape[0], n_top), -1, dtype=np.int64)
-    for q in range(ranked.shape[0]):  # O(Q·M): each row is one np.unique
-        row = dedup_ranked(ranked[q], groups, n_top)
-        out[q, : row.size] = row
-    return out
+    return protocol.dedup_ranked(np.asarray(ranked, dtype=np.int64), groups, n_top)
 
 
 def _opt_array(a, n: int, name: str, dtype=None):
@@ -273,9 +260,14 @@ class PlaceDataset:
         return (r + np.searchsorted(pos - np.arange(pos.size), r, side="right")).astype(np.int64)
 
     # ------------------------------------------------------------------ protocol
+    def ranking_rules(self) -> tuple[np.ndarray | None, list[np.ndarray] | None]:
+        """(groups, exclude) of the dataset's rules (`netvlad.protocol.ranking_rules`)."""
+        return protocol.ranking_rules(self.rules, self.num_db, self.db_groups, self.db_timestamps,
+                                      self.query_timestamps, self.name)
+
     def retrieve_factor(self) -> int:
         """How many more results to retrieve before `postprocess_ranked` (MATLAB 10·nTop / 12·nTop)."""
-        return max([RETRIEVE_FACTOR[r] for r in self.rules] + [1])
+        return protocol.retrieve_factor(self.rules)
 
     def postprocess_ranked(self, q: int, ranked, n_top: int | None = None) -> np.ndarray:
         """Apply the dataset's ranked-list rules to query ``q``'s results (MATLAB ``nnSearchPostprocess``).
@@ -290,13 +282,9 @@ class PlaceDataset:
         Returns:
             (≤ n_top,) int64 db indices.
         """
-        ranked = np.asarray(ranked, dtype=np.int64).ravel()
-        ranked = ranked[ranked >= 0]
-        if "tokyotm_timestamp" in self.rules:
-            ranked = ranked[self.db_timestamps[ranked] != self.query_timestamps[q]]
-        if "tokyo247_dedup" in self.rules:
-            ranked = dedup_ranked(ranked, self.db_groups)
-        return ranked if n_top is None else ranked[:n_top]
+        groups, exclude = self.ranking_rules()
+        row = protocol.apply_rules([ranked], groups, None if exclude is None else [exclude[q]], n_top)
+        return as_rows(row)[0]
 
     def subset_queries(self, idx) -> PlaceDataset:
         """A copy keeping only queries ``idx`` (order as given); the database is shared."""

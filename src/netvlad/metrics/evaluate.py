@@ -9,20 +9,17 @@ import numpy as np
 from netvlad.metrics.ranking import (
     DEFAULT_NS,
     SAMPLE_SEED,
-    _as_rows,
     _check_crop,
-    _pad,
     crop_to_dim,
-    dedup_ranked,
-    exclude_ranked,
     first_hit_rank,
     rank_loss,
     sample_queries,
 )
+from netvlad.protocol import RETRIEVE_FACTOR, apply_rules, ranking_rules
 
 # Over-fetch factors of the MATLAB nnSearchPostprocess implementations.
-DEDUP_OVERFETCH = 12
-EXCLUDE_OVERFETCH = 10
+DEDUP_OVERFETCH = RETRIEVE_FACTOR["tokyo247_dedup"]
+EXCLUDE_OVERFETCH = RETRIEVE_FACTOR["tokyotm_timestamp"]
 
 
 def evaluate(
@@ -165,30 +162,21 @@ def rank_lists(
         _, r = topk(q[q_ok], db[db_ok], n_top * factor, block=block, metric="l2")
         ranked = np.full((q.shape[0], r.shape[1]), -1, np.int64)
         ranked[q_ok] = db_ids[r]
-    if exclude is not None:
-        ranked = exclude_ranked(ranked, exclude)
-    if groups is not None:
-        ranked = dedup_ranked(ranked, groups)
-    return _pad(_as_rows(ranked), n_top), db_ok, q_ok
+    return apply_rules(ranked, groups, exclude, n_top), db_ok, q_ok
 
 
 def dataset_rules(ds) -> tuple[np.ndarray | None, list[np.ndarray] | None]:
-    """(groups, exclude) of a ``PlaceDataset``'s rules: "tokyo247_dedup" (``ds.db_groups``, or
-    id // 12 when absent) and "tokyotm_timestamp" (database images with the query's timestamp)."""
-    rules = set(getattr(ds, "rules", ()) or ())
-    groups = None
-    if "tokyo247_dedup" in rules:
-        groups = getattr(ds, "db_groups", None)
-        if groups is None:
-            # Spec §1.14: 12 consecutive cutouts per panorama, floor((id−1)/12) with 1-based ids.
-            groups = np.arange(len(ds.db_images)) // 12
-    exclude = None
-    if "tokyotm_timestamp" in rules:
-        if ds.db_timestamps is None or ds.query_timestamps is None:
-            raise ValueError(f"dataset {ds.name}: the tokyotm_timestamp rule needs db and query timestamps")
-        dbt = np.asarray(ds.db_timestamps)
-        exclude = [np.flatnonzero(dbt == t) for t in np.asarray(ds.query_timestamps)]
-    return groups, exclude
+    """(groups, exclude) of a ``PlaceDataset``'s rules (`netvlad.protocol.ranking_rules`):
+    "tokyo247_dedup" (``ds.db_groups``, or id // 12 when absent) and "tokyotm_timestamp" (database
+    images with the query's timestamp)."""
+    return ranking_rules(
+        getattr(ds, "rules", ()) or (),
+        len(ds.db_images),
+        db_groups=getattr(ds, "db_groups", None),
+        db_timestamps=getattr(ds, "db_timestamps", None),
+        query_timestamps=getattr(ds, "query_timestamps", None),
+        name=getattr(ds, "name", "dataset"),
+    )
 
 
 def rank_dataset(ds, db_desc: np.ndarray, q_desc: np.ndarray, k: int, crop_dim: int | None = None,

@@ -1,10 +1,13 @@
-"""recall@N on ranked lists (spec §1.11), ranked-list rules, crop-dim, sampling and rank loss."""
+"""recall@N on ranked lists (``recallAtN``), crop-dim, sampling and rank loss; the ranked-list rules
+(`dedup_ranked`, `exclude_ranked`) come from `netvlad.protocol`."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
+
+from netvlad.protocol import as_rows, dedup_ranked, exclude_ranked, pad_rows  # noqa: F401 - re-exported
 
 # recallNs of testFromFn: [1:5, 10:5:100].
 DEFAULT_NS: list[int] = [1, 2, 3, 4, 5, *range(10, 101, 5)]
@@ -13,55 +16,8 @@ DEFAULT_NS: list[int] = [1, 2, 3, 4, 5, *range(10, 101, 5)]
 SAMPLE_SEED = 43
 
 
-def _as_rows(ranked) -> list[np.ndarray]:
-    if isinstance(ranked, np.ndarray) and ranked.ndim == 2:
-        return [r[r >= 0] for r in ranked.astype(np.int64)]
-    return [np.asarray(r, dtype=np.int64)[np.asarray(r) >= 0] for r in ranked]
-
-
-def _pad(rows: list[np.ndarray], width: int | None = None) -> np.ndarray:
-    width = max((len(r) for r in rows), default=0) if width is None else width
-    out = np.full((len(rows), width), -1, np.int64)
-    for i, r in enumerate(rows):
-        r = r[:width]
-        out[i, : len(r)] = r
-    return out
-
-
-def dedup_ranked(ranked, groups: np.ndarray, k: int | None = None) -> np.ndarray:
-    """Keep the first occurrence of each group in every ranked list (Tokyo 24/7 panorama NMS).
-
-    Args:
-        ranked: Q×M int array of database ids (−1 = no result), or a list of 1-D arrays.
-        groups: group id per database image (N,), e.g. panorama = id // 12.
-        k: keep at most k results per query.
-
-    Returns:
-        Q×M' int64 array padded with −1.
-    """
-    groups = np.asarray(groups)
-    rows = []
-    for r in _as_rows(ranked):
-        _, first = np.unique(groups[r], return_index=True)
-        rows.append(r[np.sort(first)])
-    return _pad(rows, k)
-
-
-def exclude_ranked(ranked, exclude: Sequence[np.ndarray], k: int | None = None) -> np.ndarray:
-    """Remove per-query excluded database ids from the ranked lists (TokyoTM same timestamp).
-
-    Args:
-        ranked: Q×M int array (−1 = no result) or list of 1-D arrays.
-        exclude: Q arrays of database ids to drop (may be empty).
-        k: keep at most k results per query.
-
-    Returns:
-        Q×M' int64 array padded with −1.
-    """
-    rows = _as_rows(ranked)
-    if len(exclude) != len(rows):
-        raise ValueError(f"exclude has {len(exclude)} entries for {len(rows)} queries")
-    return _pad([r[~np.isin(r, np.asarray(e, dtype=np.int64))] for r, e in zip(rows, exclude)], k)
+# The ranked-list rules live in netvlad.protocol (one implementation for data and metrics).
+_as_rows, _pad = as_rows, pad_rows
 
 
 def first_hit_rank(ranked, positives: Sequence[np.ndarray], groups: np.ndarray | None = None) -> np.ndarray:
