@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 
@@ -67,8 +68,8 @@ def test_preprocess_resize_and_errors():
     assert pre.apply(_img()).shape == (3, 32, 40)  # 64×80 → longer side 40, aspect kept
     assert Preprocess(max_side=100).apply(_img()).shape == (3, H, W)  # never upscales
     assert Preprocess.from_dict(pre.to_dict()) == pre
-    with pytest.raises(ValueError, match="uint8"):
-        MATCONVNET.apply(np.zeros((4, 4, 3), np.float32))
+    with pytest.raises(ValueError, match="uint8"):  # float on 0–255 is taken (MATLAB's single images)
+        MATCONVNET.apply(np.zeros((4, 4, 3), np.int16))
     with pytest.raises(ValueError, match=r"H×W×3 RGB image, got shape \(4, 4, 4\)"):
         MATCONVNET.apply(np.zeros((4, 4, 4), np.uint8))
     with pytest.raises(ValueError, match="unknown preprocessing style"):
@@ -437,3 +438,23 @@ def test_load_model_takes_weights_for_presets_only(tmp_path):
     with pytest.raises(ValueError, match=r"m\.pt: --weights applies to presets only"):
         load_model(ckpt, weights="imagenet")
     assert load_model("lite0-max", weights="random").config.pretrained is None
+
+
+def test_preprocess_takes_float_images_on_0_255_as_matlab():
+    from netvlad.models.config import IMAGENET, MATCONVNET
+
+    img = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    for pre in (MATCONVNET, IMAGENET):
+        torch.testing.assert_close(pre.apply(img.astype(np.float32)), pre.apply(img), rtol=0, atol=0)
+    frac = np.full((2, 3, 3), 100.25, np.float64)  # not rounded, as MATLAB's single images
+    want = torch.tensor([100.25 - m for m in MATCONVNET.mean]).view(3, 1, 1).expand(3, 2, 3)
+    torch.testing.assert_close(MATCONVNET.apply(frac), want)
+    small = dataclasses.replace(MATCONVNET, max_side=4)  # resized as the uint8 image is, up to its rounding
+    got, ref = small.apply(img.astype(np.float32)), small.apply(img)
+    assert got.shape == ref.shape == (3, 3, 4) and (got - ref).abs().max() <= 1.0
+    with pytest.raises(ValueError, match=r"\[0, 255\] \(not 0–1\), got \[-1, 3\]"):
+        MATCONVNET.apply(np.array([[[-1.0, 3.0, 0.0]]]))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        MATCONVNET.apply(np.full((1, 1, 3), np.nan))
+    with pytest.raises(ValueError, match="got int32"):
+        MATCONVNET.apply(np.zeros((1, 1, 3), np.int32))

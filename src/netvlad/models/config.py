@@ -9,10 +9,19 @@ import numpy as np
 import torch
 from PIL import Image
 
-from netvlad.backbones import LITE0_PREPROCESS
+from netvlad.backbones import IMAGENET_PREPROCESS, LITE0_PREPROCESS, MATCONVNET_PREPROCESS
 from netvlad.layers import VLAD_ORDERS, parse_method
 
 __all__ = ["IMAGENET", "LITE0", "MATCONVNET", "PRESETS", "ModelConfig", "Preprocess", "list_presets"]
+
+
+def _check_float_range(img: np.ndarray) -> None:
+    """A float image must be finite and on 0–255 (MATLAB's convention, not 0–1)."""
+    if not np.isfinite(img).all():
+        raise ValueError("float image holds NaN or inf values")
+    lo, hi = float(img.min(initial=0.0)), float(img.max(initial=0.0))
+    if lo < 0 or hi > 255:
+        raise ValueError(f"float image values must lie in [0, 255] (not 0–1), got [{lo:g}, {hi:g}]")
 
 
 @dataclass(frozen=True)
@@ -41,9 +50,9 @@ class Preprocess:
     """
 
     style: str = "matconvnet"
-    mean: tuple[float, float, float] = (123.68, 116.779, 103.939)
-    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    scale: float = 255.0
+    mean: tuple[float, float, float] = MATCONVNET_PREPROCESS["mean"]
+    std: tuple[float, float, float] = MATCONVNET_PREPROCESS["std"]
+    scale: float = MATCONVNET_PREPROCESS["scale"]
     max_side: int | None = None
     resize: tuple[int, int] | None = None
     resize_stage: str = "image"
@@ -77,23 +86,43 @@ class Preprocess:
         return max(1, round(height * s)), max(1, round(width * s))
 
     def rescale(self, img: np.ndarray) -> np.ndarray:
-        """Resize H×W×3 uint8 to :meth:`output_size` (no-op when that is its size already, or when
-        the resize happens on the tensor: ``resize_stage="tensor"``)."""
+        """Resize an H×W×3 image (uint8, or float on 0–255) to :meth:`output_size` (no-op when that
+        is its size already, or when the resize happens on the tensor: ``resize_stage="tensor"``)."""
         h, w = img.shape[:2]
         size = self.output_size(h, w)
         if size == (h, w) or (self.resize is not None and self.resize_stage == "tensor"):
             return img
+        if img.dtype != np.uint8:  # float images: each channel as a 32-bit float PIL image ("F")
+            chans = [Image.fromarray(np.ascontiguousarray(img[..., c], np.float32), "F") for c in range(3)]
+            resized = [np.asarray(ch.resize(size[::-1], Image.Resampling.BILINEAR)) for ch in chans]
+            return np.stack(resized, axis=2)
         return np.array(Image.fromarray(img).resize(size[::-1], Image.Resampling.BILINEAR))
 
     def apply(self, img: np.ndarray) -> torch.Tensor:
-        """H×W×3 (or H×W grey) uint8 array → 3×H'×W' float32 tensor ready for the backbone."""
+        """An RGB image → 3×H'×W' float32 tensor ready for the backbone.
+
+        Args:
+            img: H×W×3 or H×W (grey) array: uint8, or float on 0–255 as MATLAB's ``single``
+                images (``computeRepresentation`` takes those; values are used as they are,
+                not rounded).
+
+        Returns:
+            3×H'×W' float32 (H'×W': :meth:`output_size`).
+
+        Raises:
+            ValueError: another dtype or shape, or a float image with values outside [0, 255]
+                (a 0–1 image would pass silently as a nearly black one otherwise).
+        """
         img = np.asarray(img)
-        if img.dtype != np.uint8:
-            raise ValueError(f"Preprocess.apply expects a uint8 image, got dtype {img.dtype}")
+        is_float = np.issubdtype(img.dtype, np.floating)
+        if img.dtype != np.uint8 and not is_float:
+            raise ValueError(f"Preprocess.apply expects uint8, or float on 0–255, got {img.dtype}")
         if img.ndim == 2:
             img = np.repeat(img[..., None], 3, axis=2)
         if img.ndim != 3 or img.shape[2] != 3:
             raise ValueError(f"Preprocess.apply expects an H×W×3 RGB image, got shape {img.shape}")
+        if is_float:
+            _check_float_range(img)
         img = self.rescale(img)
         if not img.flags.writeable:  # e.g. np.asarray(PIL image); torch warns on read-only memory
             img = img.copy()
@@ -131,8 +160,8 @@ class Preprocess:
 
 #: MatConvNet VGG-16/19 mean pixel on 0–255 RGB, no std (spec §1.2). The CaffeNet model's true
 #: value is the (1,1) pixel of its average image; the converter reads it from the .mat file.
-MATCONVNET = Preprocess("matconvnet", (123.68, 116.779, 103.939), (1.0, 1.0, 1.0), 255.0)
-IMAGENET = Preprocess("imagenet", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 1.0)
+MATCONVNET = Preprocess(**MATCONVNET_PREPROCESS)
+IMAGENET = Preprocess(**IMAGENET_PREPROCESS)
 #: EfficientNet-Lite's TF input normalisation (x − 127)/128 on 0–255, which its weights expect
 #: (the backbone module documents the source), written on the 0–1 scale.
 LITE0 = Preprocess(**LITE0_PREPROCESS)
