@@ -124,8 +124,10 @@ def svg_map(
     pad = 0.05 * span
     s = (size - 1) / (span + 2 * pad)
 
+    ox, oy = (span - (hi[0] - lo[0])) / 2, (span - (hi[1] - lo[1])) / 2  # centre the shorter side
+
     def xy(e: float, n: float) -> tuple[float, float]:
-        return (e - lo[0] + pad) * s, (hi[1] - n + pad) * s
+        return (e - lo[0] + pad + ox) * s, (hi[1] - n + pad + oy) * s
 
     parts = [
         f"<svg class='map' width='{size}' height='{size}' viewBox='0 0 {size} {size}' "

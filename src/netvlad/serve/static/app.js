@@ -41,7 +41,9 @@ function projector() {
   const lo = [Math.min(...xs), Math.min(...ys)], hi = [Math.max(...xs), Math.max(...ys)];
   const span = Math.max(hi[0] - lo[0], hi[1] - lo[1], 1), pad = 0.05 * span, size = 480;
   const s = (size - 1) / (span + 2 * pad);
-  return { s, span, xy: (e, n) => [(e - lo[0] + pad) * s, (hi[1] - n + pad) * s] };
+  // centre the shorter side
+  const ox = (span - (hi[0] - lo[0])) / 2, oy = (span - (hi[1] - lo[1])) / 2;
+  return { s, span, xy: (e, n) => [(e - lo[0] + pad + ox) * s, (hi[1] - n + pad + oy) * s] };
 }
 
 function svg(tag, attrs, title) {
