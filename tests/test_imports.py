@@ -36,6 +36,8 @@ ALLOWED = {
     "mining": {"geo", "index", "data"},
     "extract": {"models", "data", "io", "layers"},
     "retrieval": {"metrics", "index", "extract", "models", "data", "io"},
+    "rerank": {"layers", "index", "geo"},
+    "serve": {"extract", "index", "rerank", "metrics"},
     "train": {
         "models", "layers", "backbones", "data", "geo", "extract", "io", "mining", "losses",
         "index", "metrics", "whitening", "weights", "convert",

@@ -95,12 +95,13 @@ def _command_modules():
         extract_cmd,
         index_cmd,
         models_cmd,
+        serve_cmd,
         train_cmd,
         weights_cmd,
     )
 
     return [models_cmd, dataset_cmd, extract_cmd, eval_cmd, index_cmd, train_cmd, convert_cmd, weights_cmd,
-            demo_cmd]
+            demo_cmd, serve_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:

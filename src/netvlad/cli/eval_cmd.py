@@ -75,6 +75,9 @@ def register(sub) -> None:
     add_mixed_models_flag(p)
     p.add_argument("--report", type=Path, metavar="R.json", help="write summary + per-query ranks and hits")
     p.add_argument("--plot", type=Path, metavar="R.png", help="write the recall@N curve")
+    p.add_argument("--html", type=Path, metavar="DIR",
+                   help="write a browsable report into DIR: summary and curves, then every query beside its "
+                   "top 5 (green = positive), failures first, filters by condition")
     p.add_argument("--label", help="curve/report label (default: the dataset name and db file name)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace --report/--plot files that are not netvlad reports/plots (never an input)")
@@ -444,6 +447,10 @@ def run_evaluate(args) -> int:
               ("--db-names", args.db_names), ("--query-names", args.query_names)]
     check_outputs(inputs, args.overwrite, args.report, args.plot)
     _check_predictions_output(args, inputs)
+    if args.html is not None:
+        from netvlad.serve.report import check_report_dir
+
+        check_report_dir(args.html, [p for _, p in inputs if p])
     ds = load_dataset(args.dataset, options={"cities": args.cities, "subtask": args.subtask})
     dim = feature_dim(args.dim, args.model)
     db_feats = _read_eval_db(args, ds, dim)
@@ -484,6 +491,10 @@ def run_evaluate(args) -> int:
     if args.plot:
         plot_curves([(label, res["ns"], [res["recall"][n] for n in res["ns"]])], args.plot)
         print(f"plot: {args.plot}")
+    if args.html is not None:
+        from netvlad.serve.report import write_evaluation_report
+
+        print(f"html: {write_evaluation_report(args.html, res, ds, label)}")
     return 0
 
 

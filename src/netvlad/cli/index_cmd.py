@@ -81,7 +81,8 @@ def register(sub) -> None:
         "--no-exif-orientation; one over --max-pixels is downscaled with a warning (or refused with\n"
         "--oversize refuse); an unreadable photo or a decompression bomb is a one-line error.",
         epilog="examples:\n  netvlad query city.idx photo1.jpg photo2.jpg --k 5\n"
-        "  netvlad query city.idx photo.jpg --model model.pt --json",
+        "  netvlad query city.idx photo.jpg --model model.pt --json\n"
+        "  netvlad query city.idx photo.jpg --near 40.4435,-79.9435 --radius 50 --html report/",
     )
     q.add_argument("index", metavar="INDEX", type=Path)
     q.add_argument("images", metavar="IMAGE", type=Path, nargs="+")
@@ -90,6 +91,16 @@ def register(sub) -> None:
     )
     q.add_argument("--k", type=int, default=5, help="results per image (default: 5)")
     q.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    q.add_argument("--near", metavar="LAT,LON",
+                   help="position prior: a GPS fix in degrees (needs --radius and an index with coordinates)")
+    q.add_argument("--radius", type=float, metavar="M",
+                   help="the fix's uncertainty in metres (1 sigma): matches beyond 3 sigma are dropped and "
+                   "the rest re-weighted by the fix's likelihood")
+    q.add_argument("--html", type=Path, metavar="DIR",
+                   help="also write an HTML page (each photo beside its top-k, with a map) into DIR")
+    q.add_argument("--db-root", type=Path, metavar="DIR",
+                   help="folder the index's image names are relative to, for --html thumbnails "
+                   "(default: the index's --dataset image root when it can be found)")
     q.add_argument("--device", default="cpu")
     q.add_argument("--batch-size", type=int, default=1)
     from netvlad.cli.extract_cmd import add_image_options
@@ -204,73 +215,68 @@ def _build(args) -> int:
     return 0
 
 
-def search_images(
-    index,
-    model,
-    images: list[Path],
-    k: int,
-    device: str = "cpu",
-    batch_size: int = 1,
-    max_side: int | None = None,
-    **image_settings,
-) -> list[dict]:
-    """Describe ``images`` with ``model``, search ``index``; one result dict per image.
+def db_image_paths(index, db_root: Path | None, index_path: Path) -> dict[str, Path] | None:
+    """Database image name → file, for thumbnails: under ``db_root``, else where the dataset the
+    index was built with (``--dataset``) puts them; None when neither is known."""
+    if index.names is None:
+        return None
+    if db_root is not None:
+        if not db_root.is_dir():
+            raise CLIError(f"--db-root {db_root}: not a folder")
+        return {n: db_root / n for n in index.names}
+    spec = index.meta.get("dataset")
+    if not spec:
+        return None
+    from netvlad.data import load_dataset
 
-    ``max_side`` is ``ExtractConfig.max_side`` (None: the model's preprocessing, 0: native);
-    ``image_settings`` are ExtractConfig's ``max_pixels``, ``oversize`` and ``exif_orientation``
-    (on unless given: a user's photos).
-    """
-    from netvlad.extract import compute_descriptors
+    try:
+        ds = load_dataset(spec)
+    except (OSError, ValueError) as exc:
+        log.warning("%s: its dataset %s cannot be read (%s): no database thumbnails; pass --db-root",
+                    index_path, spec, exc)
+        return None
+    return dict(zip(ds.db_images, ds.db_paths()))
 
-    for img in images:
-        if not img.is_file():
-            raise CLIError(f"{img}: image not found")
-    # A handful of command-line images: decoding workers would cost more than they save.
-    desc = compute_descriptors(
-        model,
-        images,
-        batch_size=batch_size,
-        device=device,
-        progress=len(images) > 20,
-        num_workers=0 if len(images) < 16 else 2,
-        max_side=max_side,
-        **{"exif_orientation": True, **image_settings},
-    )
-    scores, ids = index.search(desc, k)
-    out = []
-    for img, s_row, i_row in zip(images, scores, ids):
-        results = []
-        for rank, (s, i) in enumerate(zip(s_row, i_row), 1):
-            if i < 0:
-                continue
-            results.append(
-                {
-                    "rank": rank,
-                    "name": index.names[i] if index.names is not None else str(int(i)),
-                    "id": int(i),
-                    "score": float(s),
-                    "utm": None if index.utm is None else [float(v) for v in index.utm[i]],
-                }
-            )
-        out.append(
-            {
-                "image": str(img),
-                "results": results,
-                "location": results[0]["utm"] if results else None,
-                "zone": index.meta.get("zone"),
-            }
-        )
-    return out
+
+def _parse_near(text: str) -> tuple[float, float]:
+    try:
+        lat, lon = (float(v) for v in text.split(","))
+    except ValueError:
+        raise CLIError(f"--near wants LAT,LON in degrees (e.g. 48.8584,2.2945), got {text!r}") from None
+    return lat, lon
+
+
+def _prior(args, index):
+    from netvlad.rerank.prior import PositionPrior
+
+    if (args.near is None) != (args.radius is None):
+        raise CLIError("--near and --radius go together (a position and its uncertainty in metres)")
+    if args.near is None:
+        return None
+    if index.utm is None:
+        raise CLIError(f"{args.index} holds no coordinates; a position prior needs an index built "
+                       "with --dataset")
+    lat, lon = _parse_near(args.near)
+    try:
+        return PositionPrior.from_latlon(lat, lon, args.radius, index.meta.get("zone"))
+    except ValueError as exc:
+        raise CLIError(f"{args.index}: {exc}") from exc
 
 
 def run_query(args) -> int:
     """`netvlad query`."""
     from netvlad.index import load_index
+    from netvlad.serve import check_model_for_index, index_max_side, search_images
     from netvlad.weights import load_model
 
     if args.k < 1:
         raise CLIError(f"--k must be ≥ 1, got {args.k}")
     index = load_index(args.index)
+    prior = _prior(args, index)
+    if args.html is not None:
+        from netvlad.serve.report import check_report_dir
+
+        check_report_dir(args.html, inputs=[args.index, *args.images])
     ref = args.model or index.meta.get("model")
     if not ref:
         raise CLIError(
@@ -284,34 +290,37 @@ def run_query(args) -> int:
         raise CLIError(
             f"{args.index} records model {ref}, which cannot be loaded ({exc}); pass --model MODEL"
         ) from exc
-    want = index.meta.get("fingerprint")
-    if want and model.fingerprint() != want:
-        raise CLIError(
-            f"model {ref} (fingerprint {model.fingerprint()[:12]}) is not the one that built "
-            f"{args.index} (fingerprint {str(want)[:12]}): its descriptors are not comparable"
-        )
-    if getattr(model, "out_dim", index.dim) != index.dim:
-        raise CLIError(f"model {ref} gives {model.out_dim}-D descriptors, {args.index} holds {index.dim}-D")
-    # Describe the photos at the resolution the database was extracted at (`extract --max-side`
-    # overrides the model's resize and is recorded in the feature file's preprocessing).
-    pre = index.meta.get("preprocessing") or {}
-    max_side = (pre["max_side"] or 0) if "max_side" in pre else None
+    check_model_for_index(index, model, ref, args.index)
     from netvlad.cli.extract_cmd import image_settings
 
-    res = search_images(index, model, list(args.images), args.k, args.device, args.batch_size, max_side,
-                        **image_settings(args, exif_default=True))
+    # Describe the photos at the resolution the database was extracted at.
+    res = search_images(index, model, list(args.images), args.k, args.device, args.batch_size,
+                        index_max_side(index), prior=prior, **image_settings(args, exif_default=True))
+    if args.html is not None:
+        from netvlad.serve.report import write_query_report
+
+        page = write_query_report(args.html, res, list(args.images), index,
+                                  db_paths=db_image_paths(index, args.db_root, args.index))
+        if not args.json:
+            print(f"report: {page}")
     if args.json:
         print(json.dumps(res, indent=1))
         return 0
     for r in res:
-        loc = r["location"]
-        where = (
-            "no coordinates stored"
-            if loc is None
-            else f"easting {loc[0]:.1f} northing {loc[1]:.1f}" + (f" (zone {r['zone']})" if r["zone"] else "")
-        )
-        print(f"{r['image']}: estimated location {where}")
-        for x in r["results"]:
-            coords = "" if x["utm"] is None else f"  {x['utm'][0]:.1f} {x['utm'][1]:.1f}"
-            print(f"  {x['rank']:>3}  {x['score']:.4f}  {x['name']}{coords}")
+        _print_result(r)
     return 0
+
+
+def _print_result(r: dict) -> None:
+    loc = r["location"]
+    where = (
+        "no coordinates stored" if loc is None and r["prior"] is None
+        else "no database image within the prior's gate" if loc is None
+        else f"easting {loc[0]:.1f} northing {loc[1]:.1f}" + (f" (zone {r['zone']})" if r["zone"] else "")
+    )
+    if r["location_latlon"]:
+        where += f", lat {r['location_latlon'][0]:.6f} lon {r['location_latlon'][1]:.6f}"
+    print(f"{r['image']}: estimated location {where}")
+    for x in r["results"]:
+        coords = "" if x["utm"] is None else f"  {x['utm'][0]:.1f} {x['utm'][1]:.1f}"
+        print(f"  {x['rank']:>3}  {x['score']:.4f}  {x['name']}{coords}")
