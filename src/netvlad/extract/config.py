@@ -9,6 +9,7 @@ import sys
 
 import torch
 
+from netvlad.extract.precision import check_precision
 from netvlad.models import check_device
 
 #: Default ``ExtractConfig.max_pixels``: 2**23 (8.4 Mpx, e.g. 3344×2508). VGG-16 fp32 needs about
@@ -50,6 +51,10 @@ class ExtractConfig:
         half: store descriptors as float16 (computation stays float32 unless amp/bf16).
         amp: autocast: float16 on CUDA, bfloat16 on CPU.
         bf16: autocast to bfloat16 on any device (the fast CPU path on AVX512_BF16 machines).
+        precision: "fp32", "bf16", "fp16" (CUDA) or "int8" (CPU, calibrated static quantization of
+            the backbone); None derives it from ``bf16``/``amp``. See :mod:`netvlad.extract.precision`.
+        compile: run a ``torch.compile``-d copy with inductor freezing (fp32/bf16; the first batch
+            of each image size compiles).
         skip_bad: record unreadable images (NaN rows, ``bad_images`` attribute) instead of stopping.
         overwrite: replace an existing output from another model/image list.
         max_side: override the model's preprocessing resize: None keeps the model's, a positive
@@ -79,6 +84,8 @@ class ExtractConfig:
     half: bool = False
     amp: bool = False
     bf16: bool = False
+    precision: str | None = None
+    compile: bool = False
     skip_bad: bool = False
     overwrite: bool = False
     max_side: int | None = None
@@ -97,6 +104,8 @@ class ExtractConfig:
                              f"got {self.num_workers}")
         if self.max_pixels is not None and int(self.max_pixels) < 1:
             raise ValueError(f"max_pixels must be >= 1 or None (no bound), got {self.max_pixels}")
+        if self.precision is not None:
+            check_precision(self.precision, self.device, self.compile)
         if self.oversize not in OVERSIZE_MODES:
             raise ValueError(f"oversize must be one of {', '.join(OVERSIZE_MODES)}, got {self.oversize!r}")
 

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from netvlad.data.images import ImageLoadError, image_size, load_image
 from netvlad.extract.config import ExtractConfig, default_num_workers, tune_malloc
+from netvlad.extract.precision import Runner, calibration_rows, make_runner, precision_note
 from netvlad.extract.sizing import SizePolicy, fitted_preprocess
 from netvlad.io import FeatureWriter, OutputStatus
 
@@ -134,27 +135,40 @@ def _prepared(model: torch.nn.Module, device: str | torch.device, channels_last:
         model.train(was_training)
 
 
-def _autocast(cfg: ExtractConfig, device: torch.device):
-    kind = _compute_type(cfg)
-    if kind == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if kind == "bf16" else torch.float16)
-
-
 def _compute_type(cfg: ExtractConfig) -> str:
+    if cfg.precision is not None:
+        return cfg.precision
     if cfg.bf16 or (cfg.amp and torch.device(cfg.device).type == "cpu"):
         return "bf16"
     return "fp16" if cfg.amp else "fp32"
 
 
-def _forward(model, x: torch.Tensor, cfg: ExtractConfig, device: torch.device) -> np.ndarray:
+def _runner(model, paths: Sequence[Path], cfg: ExtractConfig, device: torch.device) -> Runner:
+    """The model at the configured precision; int8 calibrates on images spread over ``paths``."""
+    kind = _compute_type(cfg)
+    note = precision_note(kind, device)
+    if note:
+        logger.warning(note)
+    rows = calibration_rows(len(paths))
+    files = _ImageFiles(paths, SizePolicy(preprocess_for(model, cfg.max_side), cfg))
+
+    def calibration():
+        return (x.unsqueeze(0).to(device) for _, x, _ in map(files.__getitem__, rows) if x is not None)
+
+    return make_runner(model, kind, compile=cfg.compile, device=device, calibration=calibration,
+                       calibration_key="|".join(str(paths[i]) for i in rows))
+
+
+def _forward(runner: Runner | torch.nn.Module, x: torch.Tensor, cfg: ExtractConfig, device: torch.device
+             ) -> np.ndarray:
+    if not isinstance(runner, Runner):  # a bare model: eager, at the autocast precision
+        kind = _compute_type(cfg)
+        runner = make_runner(runner, kind if kind != "int8" else "fp32", device=device)
     x = x.to(device, non_blocking=True)
     if cfg.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    with _autocast(cfg, device):
-        y = model(x)
-    y = y.float()
-    if cfg.amp or cfg.bf16:
+    y = runner(x)
+    if runner.precision != "fp32":
         # The final L2 norm may have run in reduced precision; redo it in float32.
         y = y / y.norm(dim=1, keepdim=True).clamp_min(1e-12)
     return y.cpu().numpy()
@@ -216,13 +230,14 @@ def _iter_descriptors(model, paths: Sequence[Path], todo: np.ndarray, cfg: Extra
     total = sum(len(b) for b in plan)
     with _prepared(model, device, cfg.channels_last), torch.inference_mode(), \
             tqdm(total=total, unit="img", desc=desc, disable=not cfg.progress, dynamic_ncols=True) as bar:
+        runner = _runner(model, paths, cfg, device)
         for groups, bad in loader:
             if bad and not cfg.skip_bad:
                 raise ImageLoadError(bad[0][1])
             if bad:
                 yield [i for i, _ in bad], None, [m for _, m in bad]
             for rows, x in groups:
-                yield from _finite_or_bad(rows, _forward(model, x, cfg, device), paths, cfg.skip_bad)
+                yield from _finite_or_bad(rows, _forward(runner, x, cfg, device), paths, cfg.skip_bad)
             bar.update(sum(len(r) for r, _ in groups) + len(bad))
 
 

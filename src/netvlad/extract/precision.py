@@ -1,0 +1,224 @@
+"""How the network runs during extraction: fp32, bf16 or int8, eager or ``torch.compile``-d.
+
+Speed depends on the CPU more than on the code (numbers in benchmarks/RESULTS.md):
+
+- **bf16** is fast only where oneDNN has native bf16 kernels (AVX512_BF16, AMX-BF16, AVX2-VNNI-2).
+  On an AVX2-only CPU oneDNN emulates it and a bf16 convolution runs ~7× *slower* than fp32, so
+  :func:`precision_note` warns.
+- **int8** (static post-training quantization of the backbone through PyTorch's FX quantization,
+  ``x86`` engine: fbgemm/oneDNN) uses AMX-INT8 or VNNI where present and AVX2's 8-bit
+  multiply-adds otherwise (measured 2.3× fp32 on VGG-16 on an AVX2-only CPU). Activation scales
+  are calibrated on a few of the images being extracted, chosen by position in the full list, so
+  an interrupted and resumed run calibrates on the same images and computes the same descriptors.
+  The NetVLAD head and whitening stay fp32.
+- **compile** runs the model through ``torch.compile`` with inductor's *freezing*: weights become
+  constants, oneDNN pre-packs them (bf16 weights for bf16) and fuses ReLU into the convolution as a
+  post-op. The first batch of each input size pays the compilation (about a minute for VGG-16 on
+  2 cores); a runner is cached per model weights, precision and device, so later calls reuse it.
+
+The model a caller passes is never modified: reduced-precision and compiled variants are copies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import logging
+import warnings
+import weakref
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+logger = logging.getLogger("netvlad.extract")
+
+#: Values of ``ExtractConfig.precision``. fp16 runs only on CUDA (CPU fp16 convolutions are
+#: ~100× slower than fp32 on CPUs without AVX512_FP16).
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+
+#: Images used to calibrate int8 activation scales (evenly spaced over the image list).
+INT8_CALIBRATION_IMAGES = 8
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags from /proc/cpuinfo (empty where there is no such file)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def native_bf16() -> bool:
+    """True where oneDNN runs bf16 convolutions natively (not emulated through fp32)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def int8_isa() -> str:
+    """The best 8-bit dot-product instructions here: "amx", "avx512_vnni", "avx_vnni" or "avx2"."""
+    flags = cpu_flags()
+    for isa in ("amx_int8", "avx512_vnni", "avx_vnni"):
+        if isa in flags:
+            return isa.replace("_int8", "")
+    return "avx2" if "avx2" in flags else "none"
+
+
+def precision_note(precision: str, device: str | torch.device) -> str | None:
+    """A warning worth printing before running ``precision`` on ``device`` here, or None."""
+    dev = torch.device(device)
+    if dev.type == "cpu" and precision == "bf16" and not native_bf16():
+        return ("bf16 on this CPU is emulated (no AVX512_BF16/AMX): expect it several times slower "
+                "than fp32; int8 or fp32 is the fast choice here")
+    if dev.type == "cpu" and precision == "fp16":
+        return "fp16 on CPU is very slow; use bf16 (native bf16 CPUs), int8 or fp32"
+    if dev.type != "cpu" and precision == "int8":
+        return None  # refused by make_runner
+    return None
+
+
+def check_precision(precision: str, device: str | torch.device, compile: bool = False) -> None:
+    """Raise ValueError for a precision/device/compile combination that cannot run."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    dev = torch.device(device)
+    if precision == "int8" and dev.type != "cpu":
+        raise ValueError(f"precision int8 runs on CPU only (PyTorch's x86 quantization), not {dev}")
+    if precision == "int8" and compile:
+        raise ValueError("compile applies to fp32/bf16; int8 already runs fused quantized kernels")
+
+
+class _CastIn(nn.Module):
+    """Runs ``inner`` on its input cast to ``dtype`` and returns float32 (a reduced-precision trunk
+    inside an fp32 model: the NetVLAD head, whitening and norms stay fp32)."""
+
+    def __init__(self, inner: nn.Module, dtype: torch.dtype | None):
+        super().__init__()
+        self.inner = inner
+        self.dtype = dtype
+        self.out_channels = getattr(inner, "out_channels", None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.dtype is not None:
+            x = x.to(self.dtype)
+        return self.inner(x).float()
+
+
+def quantize_backbone_int8(model: nn.Module, calibration: Iterable[Tensor]) -> nn.Module:
+    """A copy of ``model`` whose backbone is int8 (static PTQ, per-channel weights, x86 engine).
+
+    Args:
+        model: a PlaceModel in eval mode (its ``backbone`` is traced with torch.fx).
+        calibration: preprocessed image batches (B×3×H×W float32) whose activations set the scales.
+
+    Returns:
+        A new model computing B×3×H×W → B×out_dim with an int8 trunk and float32 head.
+    """
+    torch.backends.quantized.engine = "x86"
+    batches = [x.contiguous(memory_format=torch.channels_last) for x in calibration]
+    if not batches:
+        raise ValueError("int8 needs at least one calibration image")
+    q = copy.deepcopy(model).eval()
+    with warnings.catch_warnings():
+        # torch marks its eager/FX quantized tensors deprecated in favour of torchao (not installed).
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torch.ao.quantization import get_default_qconfig_mapping
+        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+        trunk = prepare_fx(q.backbone.float(), get_default_qconfig_mapping("x86"), (batches[0],))
+        with torch.no_grad():
+            for x in batches:
+                trunk(x)
+        q.backbone = _CastIn(convert_fx(trunk), None)
+    return q
+
+
+@contextlib.contextmanager
+def _freezing():
+    import torch._inductor.config as inductor_config
+
+    with inductor_config.patch(freezing=True):
+        yield
+
+
+class Runner:
+    """Callable B×3×H×W float32 → B×out_dim float32 descriptors for one precision/compile choice."""
+
+    def __init__(self, net: Callable[[Tensor], Tensor], precision: str, compiled: bool,
+                 autocast: torch.dtype | None, device: torch.device):
+        self.net, self.precision, self.compiled = net, precision, compiled
+        self._autocast, self._device = autocast, device
+
+    def __call__(self, x: Tensor) -> Tensor:
+        ctx = (torch.autocast(self._device.type, dtype=self._autocast) if self._autocast is not None
+               else contextlib.nullcontext())
+        with ctx, (_freezing() if self.compiled else contextlib.nullcontext()):
+            y = self.net(x)
+        return y.float()
+
+
+# model -> {key: Runner}: compiled and quantized copies are expensive to build.
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def make_runner(model: nn.Module, precision: str = "fp32", *, compile: bool = False,
+                device: str | torch.device = "cpu",
+                calibration: Callable[[], Iterable[Tensor]] | None = None,
+                calibration_key: str = "") -> Runner:
+    """The function extraction calls per batch, for ``model`` (eval, on ``device``) at ``precision``.
+
+    Args:
+        model: a ready PlaceModel, already in eval mode, on ``device``, in its final memory format.
+        precision: one of :data:`PRECISIONS`. bf16 eager is autocast; bf16 compiled casts a copy's
+            backbone weights to bf16 (pre-packed by freezing) and keeps the head fp32.
+        compile: ``torch.compile`` with inductor freezing (fp32/bf16).
+        device: where the model is.
+        calibration: for int8, returns preprocessed image batches (called once, when building).
+        calibration_key: identifies the calibration images (part of the cache key).
+
+    Returns:
+        A :class:`Runner`. Built once per (weights, precision, compile, device, calibration_key)
+        while the model lives; eager fp32/bf16 runners cost nothing to build.
+    """
+    dev = torch.device(device)
+    check_precision(precision, dev, compile)
+    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if precision != "int8" and not compile:
+        return Runner(model, precision, False, autocast, dev)
+    fingerprint = model.fingerprint() if hasattr(model, "fingerprint") else str(id(model))
+    key = (precision, compile, str(dev), fingerprint, calibration_key)
+    cached = _CACHE.setdefault(model, {})
+    if key in cached:
+        return cached[key]
+    if precision == "int8":
+        if calibration is None:
+            raise ValueError("precision int8 needs calibration images")
+        logger.info("int8: calibrating activation scales (%s)", int8_isa())
+        runner = Runner(quantize_backbone_int8(model, calibration()), precision, False, None, dev)
+    else:
+        net = copy.deepcopy(model).eval()
+        if precision in ("bf16", "fp16"):
+            net.backbone = _CastIn(net.backbone.to(autocast), autocast)
+        logger.info("compiling the %s model (torch.compile, freezing): the first batch of each size "
+                    "takes a while", precision)
+        runner = Runner(torch.compile(net, dynamic=False), precision, True, None, dev)
+    cached.clear()  # one variant per model at a time: each holds a copy of the weights
+    cached[key] = runner
+    return runner
+
+
+def calibration_rows(n_images: int, n: int = INT8_CALIBRATION_IMAGES) -> list[int]:
+    """``n`` evenly spaced indices into a list of ``n_images`` (all of them when fewer)."""
+    if n_images <= n:
+        return list(range(n_images))
+    return sorted({round(i * (n_images - 1) / (n - 1)) for i in range(n)})
