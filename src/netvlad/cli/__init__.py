@@ -93,14 +93,15 @@ def _command_modules():
         demo_cmd,
         eval_cmd,
         extract_cmd,
+        features_cmd,
         index_cmd,
         models_cmd,
         train_cmd,
         weights_cmd,
     )
 
-    return [models_cmd, dataset_cmd, extract_cmd, eval_cmd, index_cmd, train_cmd, convert_cmd, weights_cmd,
-            demo_cmd]
+    return [models_cmd, dataset_cmd, extract_cmd, features_cmd, eval_cmd, index_cmd, train_cmd, convert_cmd,
+            weights_cmd, demo_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:

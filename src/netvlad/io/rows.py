@@ -77,6 +77,12 @@ class FeatureRows:
             out[order] = np.asarray(self._desc[rows[order]], dtype=np.float32)
         return out
 
+    def dataset(self, key: str) -> np.ndarray | None:
+        """Another dataset of the file (e.g. a shard's ``shard_rows``), read whole; None if absent."""
+        if key not in self._f or key in ("names", "descriptors"):
+            return None
+        return self._f[key][()]
+
     def blocks(self, rows_per_block: int, with_names: bool = True
                ) -> Iterator[tuple[int, list[str] | None, np.ndarray]]:
         """Yield ``(start, names or None, descriptors)`` for consecutive blocks of rows."""
