@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +121,23 @@ def test_shard_and_merge_equal_a_single_run(kit, tmp_path, capsys):
     assert answers[0] == answers[1] and answers[0][0]["name"] == "im03.jpg"
 
 
+def test_bad_images_of_shards_are_the_bad_images_of_the_single_run(kit, tmp_path, capsys):
+    imgs = tmp_path / "imgs"
+    shutil.copytree(kit / "imgs", imgs)
+    (imgs / "im05.jpg").write_bytes(b"not a jpeg")
+    argv = ["extract", str(kit / "model.pt"), "--images", str(imgs), *QUIET, "--skip-bad"]
+    assert main([*argv, "--out", str(tmp_path / "one.h5")]) == 0
+    out = tmp_path / "f.h5"
+    for i in range(2):
+        assert main([*argv, "--out", str(out), "--shard", f"{i}/2"]) == 0
+    shards = [str(extract.shard_path(out, i, 2)) for i in range(2)]
+    assert main(["features", "merge", *shards, "--out", str(out), "--remove-shards"]) == 0
+    assert "1 bad image(s); shards removed" in capsys.readouterr().out
+    _same_file(out, tmp_path / "one.h5")
+    assert io.read_attrs(out)["bad_images"] == ["im05.jpg"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.h5", "imgs", "one.h5"]
+
+
 def test_merge_refuses_shards_of_other_runs_and_missing_ones(kit, tmp_path, capsys):
     out = tmp_path / "f.h5"
     assert main(_argv(kit, out, "--shard", "0/2")) == 0
@@ -171,13 +188,13 @@ def test_torchrun_two_cpu_processes_equal_a_single_process(kit, tmp_path):
 _RUNNER = """
 import os, sys, time
 from netvlad import io
-write_rows = io.FeatureWriter._write_rows
-def slow_rows(self, rows, block):
+write = io.FeatureWriter.write
+def reporting_write(self, rows, desc):
+    write(self, rows, desc)
     if os.environ.get("RANK") == "1":
-        time.sleep(0.5)
-        print("rank 1 pid", os.getpid(), "writing", len(rows), flush=True)
-    write_rows(self, rows, block)
-io.FeatureWriter._write_rows = slow_rows
+        print("rank 1 pid", os.getpid(), "wrote", len(rows), flush=True)
+        time.sleep(2)
+io.FeatureWriter.write = reporting_write
 from netvlad.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -193,8 +210,7 @@ def test_a_rank_killed_mid_run_resumes_to_the_undisturbed_file(kit, tmp_path):
     try:
         line = proc.stdout.readline()
         assert line.startswith("rank 1 pid"), proc.stderr.read()[-3000:]
-        time.sleep(0.7)  # its first rows are on disk, more are to come
-        os.kill(int(line.split()[3]), signal.SIGKILL)
+        os.kill(int(line.split()[3]), signal.SIGKILL)  # its first rows are on disk, more are to come
         proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
