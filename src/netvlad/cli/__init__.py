@@ -93,6 +93,7 @@ def _command_modules():
         demo_cmd,
         eval_cmd,
         extract_cmd,
+        features_cmd,
         index_cmd,
         models_cmd,
         serve_cmd,
@@ -100,8 +101,8 @@ def _command_modules():
         weights_cmd,
     )
 
-    return [models_cmd, dataset_cmd, extract_cmd, eval_cmd, index_cmd, train_cmd, convert_cmd, weights_cmd,
-            demo_cmd, serve_cmd]
+    return [models_cmd, dataset_cmd, extract_cmd, features_cmd, eval_cmd, index_cmd, train_cmd, convert_cmd,
+            weights_cmd, demo_cmd, serve_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:

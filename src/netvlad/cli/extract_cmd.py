@@ -34,12 +34,18 @@ def register(sub) -> None:
         "image over --max-pixels with --oversize refuse.\n\n"
         "Photos from phones store their rotation as an EXIF tag: --images honours it by default,\n"
         "--dataset ignores it as the benchmarks' ground truth does; --exif-orientation and\n"
-        "--no-exif-orientation override either.",
+        "--no-exif-orientation override either.\n\n"
+        "More than one process: `torchrun --nproc_per_node P [--nnodes N ...] -m netvlad extract ...`\n"
+        "(gloo on CPU, nccl on CUDA) writes one shard per rank next to OUT and rank 0 assembles OUT,\n"
+        "identical to a single-process run; a rerun after a failure resumes only the missing rows.\n"
+        "Without torchrun, --shard I/N and `netvlad features merge` do the same by hand.",
         epilog="examples:\n"
         "  netvlad extract vgg16-netvlad.pt --dataset pitts30k_test.mat --image-root /data/pitts --out f.h5\n"
         "  netvlad extract model.pt --images photos/ --out photos.h5 --bf16\n"
         "  netvlad extract model.pt --images photos/ --out photos.h5 --precision int8\n"
-        "  netvlad extract model.pt --images photos/ --list names.txt --out q.bin --format bin")
+        "  netvlad extract model.pt --images photos/ --list names.txt --out q.bin --format bin\n"
+        "  torchrun --nproc_per_node 2 -m netvlad extract model.pt --images photos/ --out photos.h5\n"
+        "  netvlad extract model.pt --images photos/ --out photos.h5 --shard $SLURM_ARRAY_TASK_ID/8")
     p.add_argument("model", metavar="MODEL", help="preset name or checkpoint path")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--dataset", metavar="SPEC", help="dataset file or folder (any supported format)")
@@ -77,6 +83,12 @@ def register(sub) -> None:
                    help="resize so the longest side is at most PX pixels, overriding the model's "
                    "preprocessing; 0 keeps native resolution (default: the model's)")
     add_image_options(p, exif_default="on with --images, off with --dataset (its protocol)")
+    p.add_argument("--shard", metavar="I/N",
+                   help="extract only shard I of N (0 <= I < N) into OUT.shard-IIIII-of-NNNNN.h5, for a job "
+                   "array or a set of machines; `netvlad features merge` assembles the shards into OUT. "
+                   "Shards are whole batches dealt by image size, so the merged file equals a single "
+                   "run's. Under torchrun (WORLD_SIZE > 1) each rank takes its shard and rank 0 merges "
+                   "by itself: no --shard needed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -188,6 +200,41 @@ def _check_space_for_hloc(h5: Path, out: Path, num_images: int) -> None:
                               then=f"free some space and rerun (the descriptors stay in {h5})")
 
 
+def _sharding(args) -> tuple[tuple[int, int] | None, int, int, str]:
+    """(--shard as (I, N) or None, torch rank, world size, this rank's device)."""
+    from netvlad.extract import init_distributed, parse_shard
+
+    shard = None
+    if args.shard is not None:
+        try:
+            shard = parse_shard(args.shard)
+        except ValueError as exc:
+            raise CLIError(f"--shard: {exc}") from exc
+        if args.format != "h5":
+            raise CLIError("--shard writes HDF5 shards; merge them (netvlad features merge), then convert")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and shard is not None:
+        raise CLIError("--shard is for runs without torchrun; under torchrun every rank takes its own shard")
+    rank, world, device = init_distributed(args.device)
+    return shard, rank, world, device
+
+
+def _extract_shard(model, paths, names, out: Path, cfg, shard: tuple[int, int]) -> None:
+    from netvlad import io
+    from netvlad.extract import extract_shard
+
+    statuses = []
+    path = extract_shard(model, paths, names, out, shard[0], shard[1], cfg, on_status=statuses.append)
+    if path == out:
+        print(f"{out}: up to date (already merged), nothing to extract")
+        return
+    if statuses and statuses[0].kind == "resume":
+        print(statuses[0].message)
+    attrs = io.read_attrs(path)
+    print(f"{path}: shard {shard[0]} of {shard[1]}, {attrs['num_images']} of {attrs['run_num_images']} "
+          f"images; when all {shard[1]} are done: netvlad features merge "
+          f"{out.with_name(out.stem)}.shard-*-of-{shard[1]:05d}.h5 --out {out}")
+
+
 def run(args) -> int:
     from netvlad import io
     from netvlad.extract import ExtractConfig, extract_features
@@ -197,8 +244,9 @@ def run(args) -> int:
         raise CLIError(f"--max-side must be >= 0 (0: native resolution), got {args.max_side}")
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
+    shard, rank, world, device = _sharding(args)
     try:
-        cfg = ExtractConfig(batch_size=args.batch_size, num_workers=args.workers, device=args.device,
+        cfg = ExtractConfig(batch_size=args.batch_size, num_workers=args.workers, device=device,
                             half=args.half, amp=args.amp, bf16=args.bf16, skip_bad=args.skip_bad,
                             precision=args.precision, compile=args.compile,
                             overwrite=args.overwrite, max_side=args.max_side, progress=not args.no_progress,
@@ -213,7 +261,7 @@ def run(args) -> int:
             raise CLIError(f"{out}: exists, and {args.format} files carry no model information to check "
                            "it against; pass --overwrite to replace it")
     try:
-        model = load_model(args.model, device=args.device)
+        model = load_model(args.model, device=device)
         model.check_ready()
     except RuntimeError as exc:  # e.g. NetVLAD clusters not initialised
         raise CLIError(f"{args.model}: {exc}") from exc
@@ -221,10 +269,22 @@ def run(args) -> int:
         # .bin/hloc are written from a finished HDF5 file, which is what makes them resumable.
         h5 = out if args.format == "h5" else out.with_name(out.name + ".h5")
         statuses = []
-        extract_features(model, paths, names, h5, cfg, on_status=statuses.append)
-        if statuses[0].kind == "resume":
+        if shard is not None:
+            _extract_shard(model, paths, names, h5, cfg, shard)
+            continue
+        if world > 1:
+            from netvlad.extract import extract_distributed
+
+            extract_distributed(model, paths, names, h5, cfg, on_status=statuses.append)
+            if statuses and statuses[0].kind == "resume":  # each rank resumes its own shard
+                print(f"rank {rank}: {statuses.pop(0).message}")
+            if rank:
+                continue  # rank 0 converts and reports
+        else:
+            extract_features(model, paths, names, h5, cfg, on_status=statuses.append)
+        if statuses and statuses[0].kind == "resume":
             print(statuses[0].message)  # the run ended by an interruption or a full disk goes on
-        up_to_date = statuses[0].kind == "up-to-date"
+        up_to_date = bool(statuses) and statuses[0].kind == "up-to-date"
         attrs = io.read_attrs(h5)
         if args.format == "bin":
             _, desc, _ = io.read_features(h5)

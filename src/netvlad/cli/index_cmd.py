@@ -34,14 +34,18 @@ def register(sub) -> None:
         epilog="examples:\n"
         "  netvlad index build f_db.h5 --out city.idx --dataset city.csv\n"
         "  netvlad index build db.bin --dim 4096 --dataset pitts30k_test.mat --out p30k.idx\n"
-        "  netvlad index build f_db.h5 --out big.idx --type ivfpq --pq-m 32 --nprobe 64",
+        "  netvlad index build f_db.h5 --out big.idx --type ivfpq --pq-m 32 --nprobe 64\n"
+        "  netvlad index build city_*.h5 --out city.idx --on-disk --type ivfpq --nlist 4096",
     )
-    b.add_argument("features", metavar="FEATS", type=Path, help="database feature file")
+    b.add_argument("features", metavar="FEATS", type=Path, nargs="+",
+                   help="database feature file(s): several files (e.g. the shards of `extract --shard`) "
+                   "form one database, in the order given")
     b.add_argument("--out", metavar="INDEX", type=Path, required=True,
                    help="output index directory (an existing one is replaced only if it is a netvlad index)")
     b.add_argument("--overwrite", action="store_true",
                    help="replace a file at INDEX (a folder holding anything but an index is never replaced)")
-    b.add_argument("--type", choices=INDEX_KINDS, default=d.kind, help=f"index type (default: {d.kind})")
+    b.add_argument("--type", choices=INDEX_KINDS, default=None,
+                   help=f"index type (default: {d.kind}; ivfpq with --on-disk)")
     b.add_argument("--dataset", metavar="SPEC", help="attach the database coordinates of this dataset")
     b.add_argument(
         "--model",
@@ -69,6 +73,12 @@ def register(sub) -> None:
     b.add_argument(
         "--ef-search", type=int, default=d.ef_search, help=f"HNSW search beam (default: {d.ef_search})"
     )
+    b.add_argument("--on-disk", action="store_true",
+                   help="for databases beyond RAM (ivfflat/ivfpq, netvlad feature files only): train on a "
+                   "sample (--train-size), add file by file, keep the inverted lists, names and the "
+                   "vectors that ivfpq re-ranks on disk; queries memory-map them")
+    b.add_argument("--train-size", type=int, default=d.train_size,
+                   help=f"vectors sampled to train IVF/PQ (default: {d.train_size})")
     b.set_defaults(func=run_build)
 
     q = sub.add_parser(
@@ -126,19 +136,123 @@ def _attach_coordinates(names: list[str], spec: str, ds=None) -> tuple[np.ndarra
 def run_build(args) -> int:
     """`netvlad index build`."""
     from netvlad._outputs import OutputLock, check_output_dir
+    from netvlad.index import IndexConfig
     from netvlad.index.faiss_index import is_index_dir
 
     # Checked before any work, then again under the lock by SearchIndex.save.
-    inputs = [("FEATS", args.features), ("--dataset", args.dataset), ("--model", args.model),
+    inputs = [*(("FEATS", f) for f in args.features), ("--dataset", args.dataset), ("--model", args.model),
               ("--names", args.names)]
     check_output_dir(args.out, inputs=inputs, is_ours=is_index_dir, kind="netvlad index folder",
                      overwrite=args.overwrite, replaces_file=True)
+    args.type = args.type or ("ivfpq" if args.on_disk else IndexConfig().kind)
+    if args.on_disk and args.type not in ("ivfflat", "ivfpq"):
+        raise CLIError(f"--on-disk builds an ivfflat or ivfpq index, not {args.type}")
+    if len(args.features) > 1 and args.names is not None:
+        raise CLIError("--names names the rows of one .bin/.npy FEATS; give one file with it")
     with OutputLock(args.out, "building"):
-        return _build(args)
+        return _build_on_disk(args) if args.on_disk else _build(args)
+
+
+def _read_database(args, dim, ds):
+    """The FEATS files as one database (their rows in the order given), from one model."""
+    from netvlad.cli.eval_cmd import read_feature_file
+
+    parts = [read_feature_file(f, args.names, "--names", dim,
+                               None if ds is None else list(ds.db_images), "the --dataset's database list")
+             for f in args.features]
+    for p in parts[1:]:
+        if p.dim != parts[0].dim or (p.fingerprint and parts[0].fingerprint
+                                     and p.fingerprint != parts[0].fingerprint):
+            raise CLIError(f"{p.path}: not from the model of {parts[0].path} (dimension {p.dim} vs "
+                           f"{parts[0].dim}, fingerprint {str(p.fingerprint)[:12]} vs "
+                           f"{str(parts[0].fingerprint)[:12]})")
+    if len(parts) == 1:
+        return parts[0]
+    import dataclasses
+
+    return dataclasses.replace(parts[0], names=[n for p in parts for n in p.names],
+                               descriptors=np.concatenate([p.descriptors for p in parts]))
+
+
+def _index_meta(args, fingerprint, attrs, zone, model) -> dict:
+    from netvlad.cli.extract_cmd import model_reference
+
+    meta = {
+        "fingerprint": fingerprint,
+        "model": model_reference(args.model) if args.model else attrs.get("model_ref"),
+        "zone": zone,
+        "features": str(args.features[0]) if len(args.features) == 1 else [str(f) for f in args.features],
+        "dataset": args.dataset,
+        "preprocessing": attrs.get("preprocessing"),
+    }
+    if model is not None:
+        fp = model.fingerprint()
+        if meta["fingerprint"] and fp != meta["fingerprint"]:
+            raise CLIError(
+                f"--model {args.model} (fingerprint {fp[:12]}) did not produce {args.features[0]} "
+                f"(fingerprint {str(meta['fingerprint'])[:12]})"
+            )
+        meta["fingerprint"] = fp
+    return meta
+
+
+def _build_on_disk(args) -> int:
+    """`netvlad index build --on-disk`: FEATS read a block at a time (netvlad.index.ondisk)."""
+    from netvlad import io
+    from netvlad.data import load_dataset
+    from netvlad.index import build_ondisk_index
+
+    for f in args.features:
+        if io.feature_file_kind(f) != "netvlad":
+            raise CLIError(f"{f}: --on-disk reads netvlad feature files (netvlad extract's .h5) only")
+    model = None
+    if args.model:
+        from netvlad.weights import load_model
+
+        model = load_model(args.model)
+    sources = io.open_feature_rows(args.features)
+    try:
+        attrs = sources[0].attrs
+        bad = sum(len(s.attrs.get("bad_images", [])) for s in sources)
+        coords, zone = None, None
+        if args.dataset:
+            ds = load_dataset(args.dataset)
+            pos = {n: i for i, n in enumerate(ds.db_images)}
+            utm_all = np.asarray(ds.db_utm, dtype=np.float64)
+            zone = ds.zone
+
+            def coords(names: list[str]) -> np.ndarray:
+                missing = [n for n in names if n not in pos]
+                if missing:
+                    raise CLIError(f"{args.dataset}: feature-file images that are not database images of "
+                                   f"the dataset, e.g. {', '.join(missing[:5])}")
+                return utm_all[[pos[n] for n in names]]
+
+        meta = _index_meta(args, attrs.get("fingerprint"), attrs, zone, model)
+        params = {"nlist": args.nlist, "nprobe": args.nprobe, "pq_m": args.pq_m,
+                  "refine_k_factor": args.k_factor, "train_size": args.train_size}
+        dtype = "float16" if all(s.dtype == "float16" for s in sources) else "float32"
+        index = build_ondisk_index(sources, args.out, args.type, num_finite=sum(map(len, sources)) - bad,
+                                   coordinates=coords, meta=meta, vectors_dtype=dtype,
+                                   overwrite=args.overwrite, **params)
+    except ValueError as exc:
+        raise CLIError(f"{args.features[0]}{' ...' if len(args.features) > 1 else ''}: {exc}") from exc
+    finally:
+        for s in sources:
+            s.close()
+    from netvlad.index.ondisk import nbytes_on_disk
+
+    print(f"{args.out}: on-disk {args.type} index of {index.ntotal} {index.dim}-D descriptors from "
+          f"{len(args.features)} file(s), {nbytes_on_disk(args.out) / 2**20:.1f} MiB"
+          f"{' with coordinates' if coords is not None else ''}"
+          + (f", model {meta['model']}" if meta["model"]
+             else ", no model recorded (netvlad query will need --model)")
+          + (f"; {bad} NaN descriptor(s) left out" if bad else ""))
+    return 0
 
 
 def _build(args) -> int:
-    from netvlad.cli.eval_cmd import feature_dim, read_feature_file
+    from netvlad.cli.eval_cmd import feature_dim
     from netvlad.data import load_dataset
     from netvlad.index import build_index
 
@@ -151,20 +265,17 @@ def _build(args) -> int:
     if dim is None and model is not None:
         dim = int(model.out_dim)
     ds = load_dataset(args.dataset) if args.dataset else None
-    feats = read_feature_file(
-        args.features, args.names, "--names", dim,
-        None if ds is None else list(ds.db_images), "the --dataset's database list",
-    )
+    feats = _read_database(args, dim, ds)
     attrs = feats.attrs
     kept, dropped = feats.finite()
     if not len(kept):
         raise CLIError(
-            f"{args.features}: all {len(feats)} descriptors are NaN (images that failed extraction)"
+            f"{args.features[0]}: all {len(feats)} descriptors are NaN (images that failed extraction)"
         )
     if dropped:
         log.warning(
             "%s: %d NaN descriptor(s) (images that failed extraction) left out of the index: %s",
-            args.features,
+            " ".join(map(str, args.features)),
             len(dropped),
             ", ".join(dropped[:5]) + (" ..." if len(dropped) > 5 else ""),
         )
@@ -172,25 +283,8 @@ def _build(args) -> int:
     utm, zone = (None, None)
     if args.dataset:
         utm, zone = _attach_coordinates(names, args.dataset, ds)
-    from netvlad.cli.extract_cmd import model_reference
-
-    model_ref = model_reference(args.model) if args.model else attrs.get("model_ref")
-    meta = {
-        "fingerprint": feats.fingerprint,
-        "model": model_ref,
-        "zone": zone,
-        "features": str(args.features),
-        "dataset": args.dataset,
-        "preprocessing": attrs.get("preprocessing"),
-    }
-    if model is not None:
-        fp = model.fingerprint()
-        if meta["fingerprint"] and fp != meta["fingerprint"]:
-            raise CLIError(
-                f"--model {args.model} (fingerprint {fp[:12]}) did not produce {args.features} "
-                f"(fingerprint {str(meta['fingerprint'])[:12]})"
-            )
-        meta["fingerprint"] = fp
+    meta = _index_meta(args, feats.fingerprint, attrs, zone, model)
+    model_ref = meta["model"]
     params = {
         "nlist": args.nlist,
         "nprobe": args.nprobe,
@@ -198,13 +292,14 @@ def _build(args) -> int:
         "refine_k_factor": args.k_factor,
         "hnsw_m": args.hnsw_m,
         "ef_search": args.ef_search,
+        "train_size": args.train_size,
     }
     try:
         index = build_index(
             desc, args.type, names=names, utm=utm, meta=meta, **({} if args.type == "exact" else params)
         )
     except ValueError as exc:
-        raise CLIError(f"{args.features}: {exc}") from exc
+        raise CLIError(f"{args.features[0]}: {exc}") from exc
     index.save(args.out, overwrite=args.overwrite)
     print(
         f"{args.out}: {args.type} index of {index.ntotal} {index.dim}-D descriptors"

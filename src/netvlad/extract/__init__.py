@@ -16,7 +16,8 @@ process with torch's default thread count (one per core), JPEG decoding overlapp
 workers that use one thread each, and glibc malloc tuning (:func:`tune_malloc`).
 
 Parts: ``config`` (settings), ``sizing`` (the pixel bound and memory estimates), ``run`` (batched
-extraction), ``single`` (one image).
+extraction), ``single`` (one image), ``shard`` (several processes or machines: shards of whole
+batches, their merge, torchrun).
 """
 
 from __future__ import annotations
@@ -34,6 +35,16 @@ from netvlad.extract.run import (
     plan_batches,
     preprocess_for,
 )
+from netvlad.extract.shard import (
+    ShardPlan,
+    extract_distributed,
+    extract_shard,
+    init_distributed,
+    merge_shards,
+    parse_shard,
+    plan_shards,
+    shard_path,
+)
 from netvlad.extract.single import ModelImageReader, compute_representation
 from netvlad.extract.sizing import estimate_forward_bytes, fit_size, forward_bytes_per_pixel
 
@@ -42,14 +53,22 @@ __all__ = [
     "OVERSIZE_MODES",
     "ExtractConfig",
     "ModelImageReader",
+    "ShardPlan",
     "compute_descriptors",
     "compute_representation",
     "default_num_workers",
     "estimate_forward_bytes",
+    "extract_distributed",
     "extract_features",
+    "extract_shard",
     "fit_size",
     "forward_bytes_per_pixel",
+    "init_distributed",
+    "merge_shards",
+    "parse_shard",
     "plan_batches",
+    "plan_shards",
     "preprocess_for",
+    "shard_path",
     "tune_malloc",
 ]

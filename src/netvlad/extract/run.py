@@ -269,10 +269,27 @@ def _check_model(model) -> None:
     model.check_ready()
 
 
+def file_attrs(model, cfg: ExtractConfig) -> dict[str, Any]:
+    """The attributes :func:`extract_features` stores: the file's identity and provenance."""
+    pre = preprocess_for(model, cfg.max_side)
+    # How files become network inputs, beyond the model's Preprocess, is part of the file's identity:
+    # a rerun with another pixel bound or orientation rule must not reuse the descriptors.
+    image_rules = {"max_pixels": cfg.max_pixels, "oversize": cfg.oversize,
+                   "exif_orientation": bool(cfg.exif_orientation)}
+    attrs = {"fingerprint": model.fingerprint(), "preprocessing": {**_as_dict(pre), **image_rules},
+             "model_config": _as_dict(getattr(model, "config", {})),
+             "compute": _compute_type(cfg)}
+    if cfg.model_ref:
+        attrs["model_ref"] = str(cfg.model_ref)
+    return attrs
+
+
 def extract_features(model, paths: Sequence[str | Path], names: Sequence[str], out: str | Path,
                      config: ExtractConfig | None = None, *,
                      callback: Callable[[int, int], None] | None = None,
-                     on_status: Callable[[OutputStatus], None] | None = None, **overrides) -> Path:
+                     on_status: Callable[[OutputStatus], None] | None = None,
+                     extra_attrs: dict[str, Any] | None = None,
+                     datasets: dict[str, np.ndarray] | None = None, **overrides) -> Path:
     """Extract descriptors of ``paths`` into the feature file ``out`` (resumable, atomic).
 
     Args:
@@ -288,6 +305,8 @@ def extract_features(model, paths: Sequence[str | Path], names: Sequence[str], o
         on_status: called once, before any image is read, with the writer's decision
             (:class:`netvlad.io.OutputStatus`: ``kind`` "new", "resume" or "up-to-date", rows
             ``done``, and a ``message`` such as "resuming OUT: 16 of 56 rows done").
+        extra_attrs, datasets: more attributes and datasets to store (a shard's, see
+            :mod:`netvlad.extract.shard`); not part of the file's identity.
 
     Returns:
         ``out``. An existing ``out`` from the same model, preprocessing and image list is reused
@@ -317,18 +336,9 @@ def extract_features(model, paths: Sequence[str | Path], names: Sequence[str], o
         dup = next(n for i, n in enumerate(names) if n in names[:i])
         raise ValueError(f"{out}: duplicate image name {dup!r}")
     _check_model(model)
-    pre = preprocess_for(model, cfg.max_side)
-    # How files become network inputs, beyond the model's Preprocess, is part of the file's identity:
-    # a rerun with another pixel bound or orientation rule must not reuse the descriptors.
-    image_rules = {"max_pixels": cfg.max_pixels, "oversize": cfg.oversize,
-                   "exif_orientation": bool(cfg.exif_orientation)}
-    attrs = {"fingerprint": model.fingerprint(), "preprocessing": {**_as_dict(pre), **image_rules},
-             "model_config": _as_dict(getattr(model, "config", {})),
-             "compute": _compute_type(cfg)}
-    if cfg.model_ref:
-        attrs["model_ref"] = str(cfg.model_ref)
+    attrs = {**file_attrs(model, cfg), **(extra_attrs or {})}
     writer = FeatureWriter(out, names, int(model.out_dim), "float16" if cfg.half else "float32", attrs,
-                           overwrite=cfg.overwrite)
+                           overwrite=cfg.overwrite, datasets=datasets)
     todo = writer.open()
     logger.info(writer.status.message)
     if on_status is not None:

@@ -24,7 +24,9 @@ __all__ = ["INDEX_KINDS", "IndexConfig", "SearchIndex", "build_index", "is_index
 INDEX_KINDS = ("exact", "flat", "ivfflat", "ivfpq", "hnsw")
 INDEX_FORMAT = "netvlad-index"
 INDEX_VERSION = 1
-_INDEX_FILES = ("meta.json", "data.npz", "index.faiss")
+_INDEX_FILES = ("meta.json", "data.npz", "index.faiss",
+                # an on-disk index (netvlad.index.ondisk) adds these
+                "lists.ivfdata", "names.npy", "utm.npy", "vectors.npy")
 
 
 def is_index_dir(path: str | Path) -> bool:
@@ -329,6 +331,10 @@ def load_index(path: str | Path) -> SearchIndex:
         raise ValueError(
             f"{path}: index version {meta.get('version')} is not supported (expected {INDEX_VERSION})"
         )
+    if meta.get("params", {}).get("ondisk"):
+        from netvlad.index.ondisk import load_ondisk_index
+
+        return load_ondisk_index(path, meta)
     with np.load(path / "data.npz", allow_pickle=False) as z:
         names = [str(s) for s in z["names"]] if "names" in z else None
         utm = z["utm"] if "utm" in z else None

@@ -48,6 +48,7 @@ from netvlad.io.peers import (
     load_global_features,
     read_image_list,
 )
+from netvlad.io.rows import FeatureRows, open_feature_rows
 from netvlad.io.writer import FeatureWriter, OutputStatus, output_status
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "VERSION",
     "FeatureFileError",
     "FeatureIdentity",
+    "FeatureRows",
     "FeatureWriter",
     "GlobalFeatures",
     "NAMELESS_SOURCES",
@@ -65,6 +67,7 @@ __all__ = [
     "feature_file_kind",
     "load_global_features",
     "names_sha256",
+    "open_feature_rows",
     "output_status",
     "partial_path",
     "read_attrs",

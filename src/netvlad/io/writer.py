@@ -137,7 +137,8 @@ class FeatureWriter:
     """
 
     def __init__(self, out: str | Path, names: Sequence[str], dim: int, dtype: str = "float32",
-                 attrs: dict[str, Any] | None = None, overwrite: bool = False):
+                 attrs: dict[str, Any] | None = None, overwrite: bool = False,
+                 datasets: dict[str, np.ndarray] | None = None):
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
         self.out = Path(out)
@@ -147,6 +148,8 @@ class FeatureWriter:
         self.dtype = dtype
         self.attrs = dict(attrs or {})
         self.overwrite = overwrite
+        # Extra datasets written with the layout (a shard's row positions in its run's image list).
+        self.datasets = dict(datasets or {})
         self.identity = FeatureIdentity(
             fingerprint=str(self.attrs.get("fingerprint", "")), dim=self.dim, dtype=dtype,
             names_sha256=names_sha256(self.names),
@@ -192,6 +195,8 @@ class FeatureWriter:
         try:
             self._f = _h5_for_writing(self.partial, "w")
             _create_layout(self._f, self.names, self.dim, self.dtype, {**self.attrs, "bad_images": []})
+            for key, value in self.datasets.items():
+                self._f.create_dataset(key, data=value)
             self._f.create_dataset("written", data=np.zeros(n, dtype=np.uint8))
             self._f.flush()
         except (OSError, RuntimeError) as exc:
