@@ -35,6 +35,7 @@ ALLOWED = {
     "mining": {"geo", "index", "data"},
     "extract": {"models", "data", "io", "layers"},
     "retrieval": {"metrics", "index", "extract", "models", "data", "io"},
+    "rerank": {"layers", "index", "geo"},
     "train": {
         "models", "layers", "backbones", "data", "geo", "extract", "io", "mining", "losses",
         "index", "metrics", "whitening",

@@ -16,7 +16,8 @@ process with torch's default thread count (one per core), JPEG decoding overlapp
 workers that use one thread each, and glibc malloc tuning (:func:`tune_malloc`).
 
 Parts: ``config`` (settings), ``sizing`` (the pixel bound and memory estimates), ``run`` (batched
-extraction), ``single`` (one image).
+extraction), ``single`` (one image), ``patches``
+(Patch-NetVLAD patch features).
 """
 
 from __future__ import annotations
@@ -27,6 +28,14 @@ from netvlad.extract.config import (
     ExtractConfig,
     default_num_workers,
     tune_malloc,
+)
+from netvlad.extract.patches import (
+    PATCH_PRESETS,
+    PatchConfig,
+    estimate_patch_bytes,
+    extract_patches,
+    patch_descriptors,
+    patch_positions,
 )
 from netvlad.extract.run import (
     compute_descriptors,
@@ -40,15 +49,21 @@ from netvlad.extract.sizing import estimate_forward_bytes, fit_size, forward_byt
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "OVERSIZE_MODES",
+    "PATCH_PRESETS",
     "ExtractConfig",
     "ModelImageReader",
+    "PatchConfig",
     "compute_descriptors",
     "compute_representation",
     "default_num_workers",
     "estimate_forward_bytes",
+    "estimate_patch_bytes",
     "extract_features",
+    "extract_patches",
     "fit_size",
     "forward_bytes_per_pixel",
+    "patch_descriptors",
+    "patch_positions",
     "plan_batches",
     "preprocess_for",
     "tune_malloc",
