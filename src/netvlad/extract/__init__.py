@@ -17,7 +17,7 @@ workers that use one thread each, and glibc malloc tuning (:func:`tune_malloc`).
 
 Parts: ``config`` (settings), ``sizing`` (the pixel bound and memory estimates), ``run`` (batched
 extraction), ``single`` (one image), ``shard`` (several processes or machines: shards of whole
-batches, their merge, torchrun).
+batches, their merge, torchrun), ``patches`` (Patch-NetVLAD patch features).
 """
 
 from __future__ import annotations
@@ -28,6 +28,14 @@ from netvlad.extract.config import (
     ExtractConfig,
     default_num_workers,
     tune_malloc,
+)
+from netvlad.extract.patches import (
+    PATCH_PRESETS,
+    PatchConfig,
+    estimate_patch_bytes,
+    extract_patches,
+    patch_descriptors,
+    patch_positions,
 )
 from netvlad.extract.run import (
     compute_descriptors,
@@ -51,21 +59,27 @@ from netvlad.extract.sizing import estimate_forward_bytes, fit_size, forward_byt
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "OVERSIZE_MODES",
+    "PATCH_PRESETS",
     "ExtractConfig",
     "ModelImageReader",
+    "PatchConfig",
     "ShardPlan",
     "compute_descriptors",
     "compute_representation",
     "default_num_workers",
     "estimate_forward_bytes",
+    "estimate_patch_bytes",
     "extract_distributed",
     "extract_features",
+    "extract_patches",
     "extract_shard",
     "fit_size",
     "forward_bytes_per_pixel",
     "init_distributed",
     "merge_shards",
     "parse_shard",
+    "patch_descriptors",
+    "patch_positions",
     "plan_batches",
     "plan_shards",
     "preprocess_for",

@@ -143,6 +143,19 @@ def _compute_type(cfg: ExtractConfig) -> str:
     return "fp16" if cfg.amp else "fp32"
 
 
+def autocast_for(cfg: ExtractConfig, device: torch.device):
+    """The autocast context of an eager forward at ``cfg``'s precision (fp32: none).
+
+    int8 has no autocast form (it is a quantised copy of the model), so it is refused here.
+    """
+    kind = _compute_type(cfg)
+    if kind == "int8":
+        raise ValueError("int8 precision needs a quantised model; this step runs eager in fp32, bf16 or fp16")
+    if kind == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if kind == "bf16" else torch.float16)
+
+
 def _runner(model, paths: Sequence[Path], cfg: ExtractConfig, device: torch.device) -> Runner:
     """The model at the configured precision; int8 calibrates on images spread over ``paths``."""
     kind = _compute_type(cfg)

@@ -39,6 +39,7 @@ from netvlad.io.features import (
 )
 from netvlad.io.hloc import export_hloc, read_hloc, read_image_lists, select_names
 from netvlad.io.matlab import read_bin, read_bin_pair, write_bin
+from netvlad.io.patches import PATCH_FORMAT, PatchFile, PatchWriter, read_patch_attrs
 from netvlad.io.peers import (
     NAMELESS_SOURCES,
     SOURCES,
@@ -61,6 +62,9 @@ __all__ = [
     "GlobalFeatures",
     "NAMELESS_SOURCES",
     "OutputStatus",
+    "PATCH_FORMAT",
+    "PatchFile",
+    "PatchWriter",
     "SOURCES",
     "align_features",
     "export_hloc",
@@ -77,6 +81,7 @@ __all__ = [
     "read_hloc",
     "read_image_list",
     "read_image_lists",
+    "read_patch_attrs",
     "select_names",
     "write_bin",
     "write_features",

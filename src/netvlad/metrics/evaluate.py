@@ -35,6 +35,7 @@ def evaluate(
     seed: int = SAMPLE_SEED,
     block: int | None = None,
     keep: int = 5,
+    rerank=None,
 ) -> dict:
     """recall@N of query descriptors against a database (testCore + recallAtN, spec §1.11).
 
@@ -59,6 +60,8 @@ def evaluate(
         seed: sampling seed (43).
         block: database block size of the exact search.
         keep: top results per query kept in the output (for reports).
+        rerank: a re-ranker (``netvlad.rerank``): called as ``rerank(query_ids, ranked)`` on at least
+            its ``top_n`` candidates per query, after the ranked-list rules; recall scores its order.
 
     Returns:
         dict with "num_queries", "num_db", "dim", "ns", "recall" ({N: fraction}, N ascending),
@@ -89,7 +92,10 @@ def evaluate(
     if exclude is not None and len(exclude) != qall.shape[0]:
         raise ValueError(f"exclude has {len(exclude)} entries for {qall.shape[0]} queries")
     sel_exclude = None if exclude is None else [exclude[i] for i in sel]
-    ranked, db_ok, q_ok = rank_lists(db, q, n_top, groups=groups, exclude=sel_exclude, block=block)
+    fetch = max(n_top, int(getattr(rerank, "top_n", 0)))
+    ranked, db_ok, q_ok = rank_lists(db, q, fetch, groups=groups, exclude=sel_exclude, block=block)
+    if rerank is not None:
+        ranked = rerank(sel, ranked)[:, :n_top]
     first = first_hit_rank(ranked, pos)
     hits = (first[:, None] >= 0) & (first[:, None] < np.asarray(ns)[None, :])
     out = {
@@ -206,6 +212,7 @@ def evaluate_dataset(
     margin: float = 0.1,
     num_negatives: int = 1000,
     protocol: str | None = None,
+    rerank=None,
 ) -> dict:
     """:func:`evaluate` (or :func:`netvlad.metrics.msls.evaluate_msls`) with the positives and rules
     of a ``PlaceDataset``.
@@ -222,6 +229,7 @@ def evaluate_dataset(
         ds: a ``netvlad.data.PlaceDataset`` (duck-typed: only its attributes are read).
         db_desc: ds.num_db × D descriptors, in ``ds.db_images`` order.
         q_desc: ds.num_queries × D descriptors, in ``ds.query_images`` order.
+        rerank: a re-ranker, as :func:`evaluate` takes it (netvlad protocol only).
         rank_sample: if > 0, also compute the rank loss (``testCoreRank``) on this many queries
             sampled with seed 43, ``num_negatives`` random negatives each (rng reseeded to 43).
         margin: rank-loss margin m.
@@ -238,6 +246,9 @@ def evaluate_dataset(
         raise ValueError(f"dataset {ds.name}: no coordinates for its images (MSLS test cities): recall "
                          "cannot be computed here; write the challenge's prediction file instead")
     groups, exclude = dataset_rules(ds)
+    if rerank is not None and protocol == "msls":
+        raise ValueError("re-ranking is evaluated under the netvlad protocol only (pass protocol='netvlad')")
+    extra = {} if rerank is None else {"rerank": rerank}
     out = (evaluate_msls if protocol == "msls" else evaluate)(
         db_desc,
         q_desc,
@@ -249,6 +260,7 @@ def evaluate_dataset(
         sample=sample,
         conditions=getattr(ds, "query_conditions", None),
         block=block,
+        **extra,
     )
     out["dataset"] = ds.name
     out["protocol"] = protocol
