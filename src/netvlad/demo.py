@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from netvlad._atomic import atomic_write, atomic_write_text
+from netvlad.metrics.plot import plot_recall_curves  # noqa: F401 - used below and by tests as demo.plot_recall_curves
 
 INSTALL_LINE = 'pip install -e ".[demo]"'
 _CAMPUS_RE = re.compile(r"P(\d+)\.(png|jpg)$", re.IGNORECASE)
@@ -299,26 +300,6 @@ def train_on_town(model, train_ds, val_ds, run_dir: Path, config: DemoConfig) ->
     fit(model, train_ds, val_ds, tc, out_dir=run_dir, device=config.device, progress=config.progress)
     _, best = pick_best(run_dir, n=5)
     return load_model(best, device=config.device)
-
-
-def plot_recall_curves(curves: dict[str, dict[int, float]], path: Path, title: str) -> Path:
-    """recall@N against N, one line per method (atomic PNG write)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, rec in curves.items():
-        ns = sorted(rec)
-        ax.plot(ns, [rec[n] for n in ns], marker="o", label=label)
-    ax.set(xlabel="N (number of top database candidates)", ylabel="recall@N", title=title, ylim=(0, 1.02))
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100), suffix=".tmp.png")
-    plt.close(fig)
-    return path
 
 
 def format_table(rows: dict[str, dict[int, float]], ns=(1, 5, 10)) -> str:

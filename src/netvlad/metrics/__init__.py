@@ -35,6 +35,7 @@ from netvlad.metrics.msls import (
     read_predictions,
     write_predictions,
 )
+from netvlad.metrics.plot import PLOT_TAG, is_recall_plot, plot_recall_curves
 from netvlad.metrics.ranking import (
     DEFAULT_NS,
     SAMPLE_SEED,
@@ -47,8 +48,13 @@ from netvlad.metrics.ranking import (
     recall_at_n,
     sample_queries,
 )
+from netvlad.metrics.result import RecallResult
 
 __all__ = [
+    "PLOT_TAG",
+    "RecallResult",
+    "is_recall_plot",
+    "plot_recall_curves",
     "DEFAULT_NS",
     "MSLS_KS",
     "PREDICTIONS_HEADER",
