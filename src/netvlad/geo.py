@@ -1,10 +1,10 @@
 """GPS geometry: WGS84 lat/lon ↔ UTM, zone letters, and KD-tree radius search in UTM metres.
 
-The projection is the Transverse Mercator series of Krüger (1912) in the form given by Karney,
-"Transverse Mercator with an accuracy of a few nanometers", J. Geodesy 85 (2011), eqs. (7)-(11) and
-(35)-(36), carried to order n⁶: sub-millimetre within a UTM zone and still well under a metre a
-few degrees outside it (which is what projecting a multi-zone collection into one zone needs).
-No pyproj dependency: the whole projection is about sixty lines of numpy.
+The projection is PROJ's (through pyproj): WGS84 → the UTM CRS of the zone (EPSG:326NN north,
+327NN south), PROJ's extended Transverse Mercator, accurate to nanometres within a zone and still
+far below a millimetre several degrees outside it (which is what projecting a multi-zone
+collection into one zone needs). What UTM does not define is ours: the zone of a point (with the
+Norway and Svalbard exceptions), the latitude band letters, and how a zone is written.
 
 NetVLAD's ground truth (MATLAB ``dbBase``) is Euclidean distance on (easting, northing), so every
 dataset ends up as an (N, 2) float64 array of UTM metres in one zone.
@@ -12,45 +12,18 @@ dataset ends up as an (N, 2) float64 array of UTM metres in one zone.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 
 import numpy as np
+from pyproj import CRS, Transformer
 
-WGS84_A = 6378137.0
-WGS84_F = 1.0 / 298.257223563
-UTM_K0 = 0.9996
 UTM_FALSE_EASTING = 500000.0
 UTM_FALSE_NORTHING_SOUTH = 10000000.0
 
 # Latitude bands C..X (I and O omitted), 8° each from 80°S; X spans 72°N..84°N.
 _BANDS = "CDEFGHJKLMNPQRSTUVWX"
-
-_n = WGS84_F / (2.0 - WGS84_F)
-_E = np.sqrt(WGS84_F * (2.0 - WGS84_F))  # first eccentricity
-# Rectifying radius A (Karney 2011 eq. 14) and the Krüger α (forward) / β (inverse) series.
-_A = WGS84_A / (1.0 + _n) * (1.0 + _n**2 / 4.0 + _n**4 / 64.0 + _n**6 / 256.0)
-_ALPHA = np.array(
-    [
-        _n / 2 - 2 * _n**2 / 3 + 5 * _n**3 / 16 + 41 * _n**4 / 180 - 127 * _n**5 / 288 + 7891 * _n**6 / 37800,
-        13 * _n**2 / 48 - 3 * _n**3 / 5 + 557 * _n**4 / 1440 + 281 * _n**5 / 630 - 1983433 * _n**6 / 1935360,
-        61 * _n**3 / 240 - 103 * _n**4 / 140 + 15061 * _n**5 / 26880 + 167603 * _n**6 / 181440,
-        49561 * _n**4 / 161280 - 179 * _n**5 / 168 + 6601661 * _n**6 / 7257600,
-        34729 * _n**5 / 80640 - 3418889 * _n**6 / 1995840,
-        212378941 * _n**6 / 319334400,
-    ]
-)
-_BETA = np.array(
-    [
-        _n / 2 - 2 * _n**2 / 3 + 37 * _n**3 / 96 - _n**4 / 360 - 81 * _n**5 / 512 + 96199 * _n**6 / 604800,
-        _n**2 / 48 + _n**3 / 15 - 437 * _n**4 / 1440 + 46 * _n**5 / 105 - 1118711 * _n**6 / 3870720,
-        17 * _n**3 / 480 - 37 * _n**4 / 840 - 209 * _n**5 / 4480 + 5569 * _n**6 / 90720,
-        4397 * _n**4 / 161280 - 11 * _n**5 / 504 - 830251 * _n**6 / 7257600,
-        4583 * _n**5 / 161280 - 108847 * _n**6 / 3991680,
-        20648693 * _n**6 / 638668800,
-    ]
-)
-_J2 = 2.0 * np.arange(1, 7)  # 2j for j = 1..6
 
 _ZONE_RE = re.compile(r"^\s*(\d{1,2})\s*([C-HJ-NP-Xc-hj-np-x]|north|south|[NSns])?\s*$")
 
@@ -118,8 +91,26 @@ def format_zone(number: int, letter: str) -> str:
     return f"{int(number)}{letter}"
 
 
-def _central_meridian(number) -> np.ndarray:
-    return np.radians(6.0 * np.asarray(number, dtype=np.float64) - 183.0)
+@functools.cache
+def _utm_transformer(number: int, north: bool) -> Transformer:
+    """WGS84 (lon, lat) → UTM (easting, northing) of one zone and hemisphere."""
+    utm = CRS.from_epsg((32600 if north else 32700) + number)
+    return Transformer.from_crs(CRS.from_epsg(4326), utm, always_xy=True)
+
+
+def _by_zone(a: np.ndarray, b: np.ndarray, num: np.ndarray, north: np.ndarray, inverse: bool):
+    """Transform (a, b) point by point with the transformer of each point's (zone, hemisphere);
+    non-finite inputs give NaN."""
+    out_a = np.full(a.shape, np.nan)
+    out_b = np.full(a.shape, np.nan)
+    ok = np.isfinite(a) & np.isfinite(b)
+    keys = np.stack([num.astype(np.int64), north.astype(np.int64)], axis=-1)[ok]
+    for z, h in {tuple(k) for k in keys.reshape(-1, 2).tolist()}:
+        m = ok & (num == z) & (north == bool(h))
+        tr = _utm_transformer(int(z), bool(h))
+        direction = "INVERSE" if inverse else "FORWARD"
+        out_a[m], out_b[m] = tr.transform(a[m], b[m], direction=direction)
+    return out_a, out_b
 
 
 def latlon_to_utm(lat, lon, zone=None):
@@ -145,21 +136,7 @@ def latlon_to_utm(lat, lon, zone=None):
         n0, north0 = parse_zone(zone)
         num = np.full(lat.shape, n0, dtype=np.int64)
         north = np.full(lat.shape, north0)
-    phi = np.radians(lat)
-    lam = np.radians(lon) - _central_meridian(num)
-    lam = (lam + np.pi) % (2 * np.pi) - np.pi
-    # Conformal latitude via τ' (Karney 2011 eqs. 7-9), stable near the poles.
-    tau = np.tan(phi)
-    sigma = np.sinh(_E * np.arctanh(_E * tau / np.hypot(1.0, tau)))
-    taup = tau * np.hypot(1.0, sigma) - sigma * np.hypot(1.0, tau)
-    xip = np.arctan2(taup, np.cos(lam))
-    etap = np.arcsinh(np.sin(lam) / np.hypot(taup, np.cos(lam)))
-    j2 = _J2.reshape((-1,) + (1,) * xip.ndim)
-    alpha = _ALPHA.reshape(j2.shape)
-    xi = xip + np.sum(alpha * np.sin(j2 * xip) * np.cosh(j2 * etap), axis=0)
-    eta = etap + np.sum(alpha * np.cos(j2 * xip) * np.sinh(j2 * etap), axis=0)
-    easting = UTM_FALSE_EASTING + UTM_K0 * _A * eta
-    northing = UTM_K0 * _A * xi + np.where(north, 0.0, UTM_FALSE_NORTHING_SOUTH)
+    easting, northing = _by_zone(lon, lat, num, north, inverse=False)
     return easting, northing, num, zone_letter(lat)
 
 
@@ -185,24 +162,7 @@ def utm_to_latlon(easting, northing, zone):
         n0, north0 = parse_zone(zone)
         num = np.full(e.shape, n0)
         north = np.full(e.shape, north0)
-    xi = (n - np.where(north, 0.0, UTM_FALSE_NORTHING_SOUTH)) / (UTM_K0 * _A)
-    eta = (e - UTM_FALSE_EASTING) / (UTM_K0 * _A)
-    j2 = _J2.reshape((-1,) + (1,) * xi.ndim)
-    beta = _BETA.reshape(j2.shape)
-    xip = xi - np.sum(beta * np.sin(j2 * xi) * np.cosh(j2 * eta), axis=0)
-    etap = eta - np.sum(beta * np.cos(j2 * xi) * np.sinh(j2 * eta), axis=0)
-    taup = np.sin(xip) / np.hypot(np.sinh(etap), np.cos(xip))
-    lam = np.arctan2(np.sinh(etap), np.cos(xip))
-    # τ from τ' by Newton's method (Karney 2011 eqs. 19-21); 5 steps reach machine precision.
-    e2m = 1.0 - _E**2
-    tau = taup / e2m
-    for _ in range(5):
-        sigma = np.sinh(_E * np.arctanh(_E * tau / np.hypot(1.0, tau)))
-        taupi = tau * np.hypot(1.0, sigma) - sigma * np.hypot(1.0, tau)
-        dtau = (taup - taupi) / np.hypot(1.0, taupi) * (1.0 + e2m * tau**2) / (e2m * np.hypot(1.0, tau))
-        tau = tau + dtau
-    lat = np.degrees(np.arctan(tau))
-    lon = np.degrees(lam + _central_meridian(num))
+    lon, lat = _by_zone(e, n, num, north, inverse=True)
     lon = (lon + 180.0) % 360.0 - 180.0
     return lat, lon
 
@@ -211,8 +171,8 @@ def project_to_one_zone(lat, lon, zone=None) -> tuple[np.ndarray, str, dict[str,
     """Project a collection of points into a single UTM zone.
 
     The zone is ``zone`` if given, else the majority zone of the points (ties: the smallest
-    zone string). Points from other zones are projected into it, which the Transverse Mercator
-    series handles to well under a metre for a few degrees beyond the zone edge.
+    zone string). Points from other zones are projected into it, which PROJ's Transverse Mercator
+    handles to far below a millimetre for a few degrees beyond the zone edge.
 
     Args:
         lat, lon: (N,) degrees.
