@@ -361,7 +361,7 @@ def test_receptive_field_matches_gradient_support(name, crop, height):
 
 
 def test_receptive_fields_of_the_paper():
-    assert build_backbone("vgg16").receptive_field == 196  # Oxford/Paris crop grows by 98 px (spec §5)
+    assert build_backbone("vgg16").receptive_field == 196  # Oxford/Paris crops grow by 98 px
     assert build_backbone("alexnet").receptive_field == 163  # 81.5 px each side
 
 

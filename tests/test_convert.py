@@ -36,12 +36,6 @@ def vgg_weights():
 
 
 @pytest.fixture(scope="module")
-def caffe_weights():
-    """CaffeNet up to conv5 (2.3M weights: the cheap network for the many small cases)."""
-    return caffe_ref_backbone(np.random.default_rng(10), with_fc=False)[:-2]
-
-
-@pytest.fixture(scope="module")
 def photos():
     return campus_photos([(80, 56), (64, 72)])
 

@@ -17,7 +17,6 @@ from convert_reference import (
     VGG_MEAN,
     ClassObject,
     as_class_objects,
-    caffe_ref_backbone,
     campus_photos,
     descriptor,
     matconvnet_forward,
@@ -39,12 +38,6 @@ pytest.importorskip("matio", reason="mat-io (Python >= 3.11) writes the class-ob
 TOL = 1e-4
 VERSIONS = ["v7", "v7.3"]
 CLASS_FORMAT = "MatConvNet SimpleNN (NetVLAD model, MATLAB class objects)"
-
-
-@pytest.fixture(scope="module")
-def caffe_weights():
-    """CaffeNet up to conv5 (the cheap trunk for the many small cases)."""
-    return caffe_ref_backbone(np.random.default_rng(10), with_fc=False)[:-2]
 
 
 # --------------------------------------------------------------------------- reading

@@ -890,14 +890,6 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _kill(proc: subprocess.Popen, delay: float) -> None:
     time.sleep(delay)
     proc.send_signal(signal.SIGKILL)

@@ -1,4 +1,5 @@
-"""Architecture rules from docs/design.md: who may import whom, and import has no side effects."""
+"""Architecture rules (README, "How the code is organised"): who may import whom; imports have no
+side effects."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "netvlad"
 
-# Top-level part -> netvlad parts it may import (design.md "The parts").
+# Top-level part -> netvlad parts it may import (the README's module table, lower rows on upper ones).
 # ``_atomic`` (atomic file writes, stdlib only) is a leaf utility every part may import.
 LEAF_UTILS = {"_atomic", "_sniff", "_outputs"}
 ALLOWED = {
@@ -83,7 +84,7 @@ def test_layering(path):
     assert "cli" not in imported or part == "cli", f"{path}: library code must not import netvlad.cli"
     if part == "cli":
         return
-    assert part in ALLOWED, f"{path}: part {part!r} is not in design.md's table; add it to ALLOWED"
+    assert part in ALLOWED, f"{path}: part {part!r} is not in the README's module table; add it and ALLOWED"
     bad = imported - ALLOWED[part]
     assert not bad, f"{path}: {part} may not import {sorted(bad)}"
 

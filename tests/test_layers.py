@@ -1,4 +1,5 @@
-"""netvlad.layers against naive float64 oracles written from spec §2 (loops, no vectorisation)."""
+"""netvlad.layers against naive float64 oracles written from the MATLAB layers' maths (loops, no
+vectorisation)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Triplet ranking loss and its gradient vs the MATLAB hand-written formulas (spec §1.6 step 9)."""
+"""Triplet ranking loss and its gradient vs the MATLAB hand-written formulas (trainWeakly's gradient)."""
 
 from __future__ import annotations
 

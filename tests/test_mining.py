@@ -1,4 +1,4 @@
-"""Mining on cached descriptors vs a naive float64 loop written from spec §1.6 steps 1–6."""
+"""Mining on cached descriptors vs a naive float64 loop written from trainWeakly's mining steps 1–6."""
 
 from __future__ import annotations
 

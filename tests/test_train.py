@@ -14,14 +14,7 @@ import netvlad.train.loop as loop
 from netvlad.train import TrainConfig, fit, pick_best
 from train_helpers import make_places, tiny_model
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny convolutions are dominated by thread start-up on a shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -7,19 +7,12 @@ import re
 
 import numpy as np
 import pytest
-import torch
 
 from netvlad.cli import main
 from netvlad.data import save_csv
 from train_helpers import make_places
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""pick_best / getBestEpoch tie-breaking (spec §1.7) and cleanup."""
+"""pick_best / getBestEpoch tie-breaking and cleanup."""
 
 from __future__ import annotations
 

@@ -56,7 +56,7 @@ BACKBONES: dict[str, Callable[..., Backbone]] = {
     "resnet101": partial(ResNet, "resnet101"),
     "lite0": EfficientNetLite0,
 }
-#: MATLAB netIDs (spec §1.2) -> our names. ``places`` (Places205 CaffeNet) is the CaffeNet network.
+#: MATLAB netIDs -> our names. ``places`` (Places205 CaffeNet) is the CaffeNet network.
 ALIASES = {"vd16": "vgg16", "vd19": "vgg19", "caffe": "alexnet", "places": "alexnet"}
 
 

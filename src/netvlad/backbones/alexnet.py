@@ -3,7 +3,7 @@
 Layers (names as in MatConvNet): conv1 11×11/4 96 → relu1 → pool1 3×3/2 → norm1 → conv2 5×5 pad 2,
 2 groups, 256 → relu2 → pool2 → norm2 → conv3 3×3 pad 1 384 → relu3 → conv4 3×3 pad 1 384, 2 groups
 → relu4 → conv5 3×3 pad 1 256, 2 groups → relu5 → pool5. CaffeNet pools *before* it normalises
-(the original AlexNet paper does the opposite). The default crop ``conv5`` excludes relu5 (spec §0).
+(the original AlexNet paper does the opposite). The default crop ``conv5`` excludes relu5.
 
 This is **not** torchvision's ``alexnet``: that one is the one-GPU variant of Krizhevsky's
 "one weird trick" paper (64/192/384/256/256 channels, no LRN, no groups), so its files are refused
@@ -72,7 +72,7 @@ class AlexNet(Backbone):
     """CaffeNet reference cropped at a MatConvNet layer name (default ``conv5``, before relu5).
 
     ``default_preprocess`` subtracts the VGG mean pixel; the original subtracts the top-left
-    pixel of CaffeNet's mean *image* (spec §1.2), which a converter must read from the .mat file.
+    pixel of CaffeNet's mean *image*, which a converter must read from the .mat file.
     """
 
     def __init__(self, crop: str | None = None) -> None:

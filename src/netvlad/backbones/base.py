@@ -25,7 +25,7 @@ __all__ = [
     "read_state_dict",
 ]
 
-#: RGB float on 0–255 minus the VGG mean pixel, no std (MatConvNet's ``averageImage``; spec §1.2).
+#: RGB float on 0–255 minus the VGG mean pixel, no std (MatConvNet's ``averageImage``).
 MATCONVNET_PREPROCESS: dict[str, Any] = {
     "style": "matconvnet",
     "mean": (123.68, 116.779, 103.939),
@@ -123,7 +123,7 @@ class Backbone(nn.Module):
         out_channels: channels D of the output map.
         stride: input pixels per output cell.
         receptive_field: side in pixels of one output cell's receptive field (Oxford/Paris ROI
-            crops grow by half of it on each side; spec §5).
+            crops grow by half of it on each side).
         default_preprocess: dict (style, mean, std, scale) the weights expect; see ``models.Preprocess``.
         weights_source: "random", "imagenet" or the path of the weights file.
 

@@ -4,8 +4,8 @@ Simonyan & Zisserman 2015 (MatConvNet ``imagenet-vgg-verydeep-16/19``, the paper
 ``features`` is an ``nn.Sequential`` indexed exactly like torchvision's ``vgg16().features`` so a
 torchvision ``vgg16-397923af.pth`` loads (``features.0.weight`` ... ``features.28.bias``; the
 ``classifier.*`` keys are ignored). The default crop ``conv5_3`` keeps the conv but not
-``relu5_3``: NetVLAD sees pre-ReLU responses, as in the original and its TF port (spec §0).
-Max pooling is 2×2/2 in floor mode (MatConvNet pads are 0; spec §1.2).
+``relu5_3``: NetVLAD sees pre-ReLU responses, as in the original and its TF port.
+Max pooling is 2×2/2 in floor mode (MatConvNet pads are 0).
 """
 
 from __future__ import annotations
@@ -45,8 +45,9 @@ class VGG(Backbone):
     ``default_preprocess`` is MatConvNet's (0–255 RGB minus the mean pixel, no std), which the
     Caffe/MatConvNet weights expect. torchvision's weights (``weights="imagenet"``) are a different
     training run expecting ImageNet mean/std on 0–1; after ``load_weights("imagenet")`` the
-    attribute switches to that. For a torchvision *file* passed as ``weights=FILE`` set the
-    model's preprocessing to the ImageNet style yourself.
+    attribute switches to that, and so it does for a torchvision *file* (recognised by its
+    1000-class ``classifier.6``). Another file keeps MatConvNet's preprocessing, with a warning:
+    MATLAB weights should come through ``netvlad convert``.
     """
 
     def __init__(self, arch: str = "vgg16", crop: str | None = None) -> None:
@@ -96,5 +97,5 @@ class VGG(Backbone):
                 source, self.name)
 
     def forward(self, x: Tensor) -> Tensor:
-        """B×3×H×W (MatConvNet-normalised) -> B×C×h×w, h = floor-pooled H/16 at conv5_x."""
+        """B×3×H×W (normalised as ``default_preprocess`` says) -> B×C×h×w, h = floor-pooled H/16."""
         return self.features(x)

@@ -19,9 +19,10 @@ A run writes ``OUT.partial.h5`` (with a per-row ``written`` mask and a ``done`` 
 after the batch's rows are on disk) and renames it to OUT when complete, so OUT is never a partial
 file; ``OUT.lock`` keeps a second process from writing the same OUT. This is
 what the MATLAB original lacks: it truncates ``.bin`` files in place and never recomputes an
-existing one, so an interrupted run silently poisons every later run (spec, Robustness).
+existing one, so an interrupted run silently poisons every later run.
 
-This subpackage is the only place that imports h5py.
+Every feature file goes through this subpackage; the other h5py users read MATLAB v7.3 files
+(``netvlad.data.formats.mat``, ``netvlad.convert``), which are HDF5 too.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""MATLAB's headerless little-endian float32 ``.bin`` feature files (``serialAllFeats``, spec §1.9)."""
+"""MATLAB's headerless little-endian float32 ``.bin`` feature files (``serialAllFeats``)."""
 
 from __future__ import annotations
 

@@ -120,7 +120,7 @@ class FeatureWriter:
 
     Usage::
 
-        w = FeatureWriter(out, names, identity_attrs, dim, dtype="float32")
+        w = FeatureWriter(out, names, dim, dtype="float32", attrs=attrs)  # attrs: fingerprint, ...
         todo = w.open()              # bool mask of rows still to compute (all False: up to date)
         w.write(rows, desc_block)    # any order; on disk in OUT.partial.h5 before it returns
         w.mark_bad(rows, reasons)

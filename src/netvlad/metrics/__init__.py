@@ -1,6 +1,6 @@
 """Evaluation metrics exactly as the original protocols compute them (numpy only).
 
-- recall@N (spec §1.11, ``recallAtN``): a query is a hit at N when any ground-truth positive is in
+- recall@N (``recallAtN``): a query is a hit at N when any ground-truth positive is in
   its top N; every query is in the denominator, so a query with no positive is a failure.
 - Dataset rules on the ranked lists: Tokyo 24/7 panorama de-duplication (keep the first
   occurrence of each panorama, ``nnSearchPostprocess`` of ``dbTokyo247``) and TokyoTM's exclusion
@@ -10,7 +10,7 @@
 - Mapillary SLS's protocol (``msls``): queries without a positive left out, recall@k and mAP@k,
   and the challenge's prediction file (:mod:`netvlad.metrics.msls`).
 - Average precision with trapezoidal interpolation (``relja_retrievalMAP``, identical to the
-  official Oxford ``compute_ap``; spec §1.15), mAP, and the revisited Oxford/Paris mP@k.
+  official Oxford ``compute_ap``), mAP, and the revisited Oxford/Paris mP@k.
 
 Only numpy is imported at module level; :func:`evaluate` imports :func:`netvlad.index.topk`
 lazily for the exact search.

@@ -1,5 +1,5 @@
 """Average precision (trapezoidal, ``relja_retrievalMAP`` / Oxford ``compute_ap``), mAP and the
-revisited Oxford/Paris mP@k (spec §1.15)."""
+revisited Oxford/Paris mP@k."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""recall@N evaluation of query descriptors against a database (testCore + recallAtN, spec §1.11)."""
+"""recall@N evaluation of query descriptors against a database (testCore + recallAtN)."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def evaluate(
     keep: int = 5,
     rerank=None,
 ) -> dict:
-    """recall@N of query descriptors against a database (testCore + recallAtN, spec §1.11).
+    """recall@N of query descriptors against a database (testCore + recallAtN).
 
     Exact squared-L2 ranking, as the original's ``yael_nn``, whether or not the rows are
     L2-normalised (ties: smaller database id first).

@@ -61,7 +61,7 @@ def hits_at_n(
 def recall_at_n(
     ranked, positives: Sequence[np.ndarray], ns: Sequence[int] = DEFAULT_NS, groups: np.ndarray | None = None
 ) -> dict[int, float]:
-    """recall@N over all queries (spec §1.11). Queries without positives count as failures.
+    """recall@N over all queries. Queries without positives count as failures.
 
     Args:
         ranked: Q×M int array of database ids, best first (−1 = no result), or list of arrays.
@@ -134,7 +134,7 @@ def rank_loss(
     negatives: Sequence[np.ndarray],
     margin: float = 0.1,
 ) -> float:
-    """Validation rank loss of ``testCoreRank`` (spec §1.11).
+    """Validation rank loss of ``testCoreRank``.
 
     For each query with at least one (non-trivial) positive: dPos = min squared distance to its
     positives, loss = mean over its sampled negatives of max(0, dPos + margin − dNeg); the result

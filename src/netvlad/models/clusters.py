@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class InitConfig:
-    """Descriptor sampling for cluster initialisation (spec §1.4 defaults).
+    """Descriptor sampling for cluster initialisation (``getClusters``' defaults).
 
     Attributes:
         per_image: local descriptors sampled (without replacement) per image.

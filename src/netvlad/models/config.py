@@ -158,7 +158,7 @@ class Preprocess:
         return cls(**d)
 
 
-#: MatConvNet VGG-16/19 mean pixel on 0–255 RGB, no std (spec §1.2). The CaffeNet model's true
+#: MatConvNet VGG-16/19 mean pixel on 0–255 RGB, no std. The CaffeNet model's true
 #: value is the (1,1) pixel of its average image; the converter reads it from the .mat file.
 MATCONVNET = Preprocess(**MATCONVNET_PREPROCESS)
 IMAGENET = Preprocess(**IMAGENET_PREPROCESS)

@@ -196,7 +196,8 @@ def create_model(
         name_or_config: preset name (see :func:`list_presets`) or :class:`ModelConfig`.
         weights: backbone weights: None = the config's ``pretrained`` (lite0 presets: the
             installed ImageNet weights; others: random), "random" = random init, "imagenet"
-            (downloads torchvision's file for VGG/AlexNet/ResNet), or a state-dict file.
+            (downloads torchvision's file for VGG and ResNet; CaffeNet/AlexNet has none: convert
+            MatConvNet's ``imagenet-caffe-ref.mat`` with ``netvlad convert``), or a state-dict file.
         seed: seeds the random init of backbone and head (the global RNG is left untouched).
 
     With explicit weights, the preprocessing becomes the backbone's ``default_preprocess`` for them

@@ -1,4 +1,4 @@
-"""Image-retrieval benchmarks (spec §1.15, §3): Oxford 5k, Paris 6k, INRIA Holidays and the
+"""Image-retrieval benchmarks (``demoRetrieval``): Oxford 5k, Paris 6k, INRIA Holidays and the
 revisited Oxford/Paris (Radenović et al., CVPR 2018), with readers for their ground-truth files.
 
 - Oxford / Paris (``dbVGG``): ``images/`` (Paris: ``images/<landmark>/``), ``groundtruth/`` with

@@ -134,7 +134,7 @@ def benchmark_retrieval(
     progress: bool = True,
     max_side: int | None = 0,
 ) -> dict:
-    """Extract descriptors with ``model`` and compute the benchmark's mAP (spec §1.15).
+    """Extract descriptors with ``model`` and compute the benchmark's mAP.
 
     Args:
         model: a ready PlaceModel.

@@ -1,4 +1,4 @@
-"""Model selection after training: ``pickBestNet`` / ``getBestEpoch`` and ``cleanup`` (spec §1.7)."""
+"""Model selection after training: ``pickBestNet`` / ``getBestEpoch`` and ``cleanup``."""
 
 from __future__ import annotations
 
