@@ -5,7 +5,7 @@ The public API is re-exported lazily so that ``import netvlad`` stays cheap and 
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from netvlad._version import __version__
 
 _LAZY = {
     # The weights versions: presets and checkpoints as netvlad.models, plus published models by name.

@@ -11,6 +11,7 @@ import torch
 
 from netvlad._atomic import atomic_write
 from netvlad._sniff import describe, sniff
+from netvlad._version import __version__
 from netvlad.models.config import PRESETS, ModelConfig
 from netvlad.models.model import PlaceModel, check_device, create_model
 
@@ -24,7 +25,8 @@ def save_model(model: PlaceModel, path: str | Path, extra: dict[str, Any] | None
     """Write ``model`` to ``path`` atomically (temp file + rename).
 
     ``.safetensors`` paths get a safetensors file with the config (and ``extra``) as JSON metadata;
-    any other suffix a torch file {"format", "version", "config", "state_dict", "extra"}. ``extra``
+    any other suffix a torch file {"format", "version", "netvlad_version", "config", "state_dict",
+    "extra"} ("version" is the file layout's, "netvlad_version" the package's that wrote it). ``extra``
     must hold plain data (numbers, strings, lists, dicts, tensors) so it loads with weights_only.
 
     Returns:
@@ -36,12 +38,12 @@ def save_model(model: PlaceModel, path: str | Path, extra: dict[str, Any] | None
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
-        meta = {"format": FORMAT, "version": str(VERSION), "config": json.dumps(config),
-                "extra": json.dumps(extra or {})}
+        meta = {"format": FORMAT, "version": str(VERSION), "netvlad_version": __version__,
+                "config": json.dumps(config), "extra": json.dumps(extra or {})}
         atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
     else:
-        payload = {"format": FORMAT, "version": VERSION, "config": config, "state_dict": state,
-                   "extra": extra or {}}
+        payload = {"format": FORMAT, "version": VERSION, "netvlad_version": __version__, "config": config,
+                   "state_dict": state, "extra": extra or {}}
         atomic_write(path, lambda tmp: torch.save(payload, tmp))
     return path
 

@@ -27,8 +27,8 @@ import json
 import re
 from pathlib import Path
 
-import netvlad
 from netvlad._atomic import atomic_write, atomic_write_text
+from netvlad._version import __version__
 from netvlad.synth.config import SPLITS, SynthConfig
 
 MANIFEST = "town.json"
@@ -43,7 +43,7 @@ _TEMP = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp(\.[A-Za-z0-9]+)?$")
 def made_from(config: SynthConfig) -> dict:
     """The identity of a town: netvlad version, seed and full config (JSON-normalised)."""
     return {
-        "netvlad": netvlad.__version__,
+        "netvlad": __version__,
         "seed": config.seed,
         "config": json.loads(json.dumps(config.to_dict())),
     }

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from netvlad._atomic import atomic_write
+from netvlad._version import __version__
 from netvlad.models import load_checkpoint as load_model_checkpoint
 
 CKPT_FORMAT = "netvlad-checkpoint"
@@ -60,7 +61,8 @@ def model_payload(model) -> dict:
     cfg = getattr(model, "config", None)
     cfg_dict = cfg.to_dict() if hasattr(cfg, "to_dict") else None
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    return {"format": CKPT_FORMAT, "version": 1, "config": cfg_dict, "state_dict": state}
+    return {"format": CKPT_FORMAT, "version": 1, "netvlad_version": __version__, "config": cfg_dict,
+            "state_dict": state}
 
 
 def save_checkpoint(path: str | Path, model, train_state: dict) -> Path:
