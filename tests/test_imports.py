@@ -4,6 +4,7 @@ side effects."""
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -108,3 +109,10 @@ def test_import_touches_no_file_and_no_network(tmp_path):
     code += "".join(f"importlib.import_module({n!r})\n" for n in names if not n.endswith("__main__"))
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_every_part_has_a_row_in_the_readme_module_table():
+    readme = (SRC.parents[1] / "README.md").read_text()
+    rows = set(re.findall(r"^\| `netvlad\.([a-z_]+)` \|", readme, flags=re.MULTILINE))
+    parts = {p.name.removesuffix(".py") for p in SRC.iterdir() if not p.name.startswith(("_", "."))}
+    assert parts - {"__pycache__"} <= rows, sorted(parts - rows)
