@@ -19,7 +19,14 @@ lazily for the exact search.
 from __future__ import annotations
 
 from netvlad.metrics.ap import average_precision, evaluate_map, mean_average_precision, precision_at_k
-from netvlad.metrics.evaluate import dataset_rules, evaluate, evaluate_dataset, rank_dataset, rank_lists
+from netvlad.metrics.evaluate import (
+    dataset_rank_loss,
+    dataset_rules,
+    evaluate,
+    evaluate_dataset,
+    rank_dataset,
+    rank_lists,
+)
 from netvlad.metrics.msls import (
     MSLS_KS,
     PREDICTIONS_HEADER,
@@ -51,6 +58,7 @@ from netvlad.metrics.ranking import (
 from netvlad.metrics.result import RecallResult
 
 __all__ = [
+    "dataset_rank_loss",
     "PLOT_TAG",
     "RecallResult",
     "is_recall_plot",

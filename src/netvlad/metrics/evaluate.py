@@ -73,29 +73,15 @@ def evaluate(
         conditions are given.
     """
     ns = sorted({int(n) for n in ns})
-    if not ns or ns[0] < 1:
-        raise ValueError(f"Ns must be positive integers, got {ns}")
-    q_desc = np.asarray(q_desc)
-    if len(positives) != q_desc.shape[0]:
-        raise ValueError(f"{len(positives)} positive lists for {q_desc.shape[0]} queries")
     crop_dim = _check_crop(crop_dim, np.shape(db_desc)[1])
     db = crop_to_dim(db_desc, crop_dim)
-    qall = crop_to_dim(q_desc, crop_dim)
-    if db.shape[1] != qall.shape[1]:
-        raise ValueError(f"dimension mismatch: database {db.shape[1]}-D, queries {qall.shape[1]}-D")
-    if groups is not None and len(groups) != db.shape[0]:
-        raise ValueError(f"groups has {len(groups)} entries for {db.shape[0]} database images")
+    qall = crop_to_dim(np.asarray(q_desc), crop_dim)
+    _check_inputs(ns, db, qall, positives, groups, exclude, conditions)
     sel = sample_queries(qall.shape[0], sample, seed)
     q = qall[sel]
     pos = [np.asarray(positives[i], dtype=np.int64) for i in sel]
-    n_top = max(ns)
-    if exclude is not None and len(exclude) != qall.shape[0]:
-        raise ValueError(f"exclude has {len(exclude)} entries for {qall.shape[0]} queries")
     sel_exclude = None if exclude is None else [exclude[i] for i in sel]
-    fetch = max(n_top, int(getattr(rerank, "top_n", 0)))
-    ranked, db_ok, q_ok = rank_lists(db, q, fetch, groups=groups, exclude=sel_exclude, block=block)
-    if rerank is not None:
-        ranked = rerank(sel, ranked)[:, :n_top]
+    ranked, db_ok, q_ok = _ranked(db, q, sel, max(ns), groups, sel_exclude, block, rerank)
     first = first_hit_rank(ranked, pos)
     hits = (first[:, None] >= 0) & (first[:, None] < np.asarray(ns)[None, :])
     out = {
@@ -116,19 +102,47 @@ def evaluate(
         "bad_db": np.flatnonzero(~db_ok),
     }
     if conditions is not None:
-        if len(conditions) != qall.shape[0]:
-            raise ValueError(f"conditions has {len(conditions)} entries for {qall.shape[0]} queries")
-        labels = [str(conditions[i]) for i in sel]
-        out["conditions"] = labels
-        by = {}
-        for lab in dict.fromkeys(labels):
-            m = np.array([x == lab for x in labels])
-            by[lab] = {
-                "num_queries": int(m.sum()),
-                "recall": {n: float(h) for n, h in zip(ns, hits[m].mean(axis=0))},
-            }
-        out["by_condition"] = by
+        out["conditions"] = [str(conditions[i]) for i in sel]
+        out["by_condition"] = _by_condition(out["conditions"], ns, hits)
     return out
+
+
+def _ranked(db, q, sel, n_top: int, groups, exclude, block, rerank):
+    """The ranked lists of `evaluate` (re-ranked when asked: fetching ``rerank.top_n`` first)."""
+    fetch = max(n_top, int(getattr(rerank, "top_n", 0)))
+    ranked, db_ok, q_ok = rank_lists(db, q, fetch, groups=groups, exclude=exclude, block=block)
+    if rerank is not None:
+        ranked = rerank(sel, ranked)[:, :n_top]
+    return ranked, db_ok, q_ok
+
+
+def _check_inputs(ns, db, qall, positives, groups, exclude, conditions) -> None:
+    """`evaluate`'s argument checks: one ValueError naming what does not match."""
+    if not ns or ns[0] < 1:
+        raise ValueError(f"Ns must be positive integers, got {ns}")
+    n_q = qall.shape[0]
+    if len(positives) != n_q:
+        raise ValueError(f"{len(positives)} positive lists for {n_q} queries")
+    if db.shape[1] != qall.shape[1]:
+        raise ValueError(f"dimension mismatch: database {db.shape[1]}-D, queries {qall.shape[1]}-D")
+    if groups is not None and len(groups) != db.shape[0]:
+        raise ValueError(f"groups has {len(groups)} entries for {db.shape[0]} database images")
+    if exclude is not None and len(exclude) != n_q:
+        raise ValueError(f"exclude has {len(exclude)} entries for {n_q} queries")
+    if conditions is not None and len(conditions) != n_q:
+        raise ValueError(f"conditions has {len(conditions)} entries for {n_q} queries")
+
+
+def _by_condition(labels: list[str], ns: list[int], hits: np.ndarray) -> dict:
+    """{label: {"num_queries", "recall": {N: fraction}}} over the evaluated queries' labels."""
+    by = {}
+    for lab in dict.fromkeys(labels):
+        m = np.array([x == lab for x in labels])
+        by[lab] = {
+            "num_queries": int(m.sum()),
+            "recall": {n: float(h) for n, h in zip(ns, hits[m].mean(axis=0))},
+        }
+    return by
 
 
 def rank_lists(
@@ -265,25 +279,51 @@ def evaluate_dataset(
     out["dataset"] = ds.name
     out["protocol"] = protocol
     if rank_sample > 0:
-        db = crop_to_dim(db_desc, _check_crop(crop_dim, np.shape(db_desc)[1]))
-        q = crop_to_dim(q_desc, _check_crop(crop_dim, np.shape(db_desc)[1]))
-        sel = sample_queries(len(ds.query_images), rank_sample, SAMPLE_SEED)
-        rng = np.random.default_rng(SAMPLE_SEED)  # testCoreRank reseeds rng(43) before the loop
-        pos, neg = [], []
-        db_ok = np.isfinite(db).all(axis=1)
-        q_ok = np.isfinite(q).all(axis=1)
-        for i in sel:
-            p = ds.nontrivial_positives(int(i))
-            avail = len(ds.db_images) - len(ds.positives(int(i)))  # small datasets: fewer negatives
-            n = (
-                ds.sample_negatives(int(i), min(num_negatives, avail), rng)
-                if p.size
-                else np.zeros(0, np.int64)
-            )
-            # NaN rows (failed images) have no distance: a NaN query is skipped (no positives),
-            # NaN database images are left out of its positives and negatives.
-            p = p[db_ok[p]] if q_ok[i] else np.zeros(0, np.int64)
-            pos.append(p)
-            neg.append(n[db_ok[n]])
-        out["rank_loss"] = rank_loss(q[sel], db, pos, neg, margin)
+        out["rank_loss"] = dataset_rank_loss(ds, db_desc, q_desc, rank_sample, margin, num_negatives,
+                                             crop_dim)
     return out
+
+
+def dataset_rank_loss(
+    ds,
+    db_desc: np.ndarray,
+    q_desc: np.ndarray,
+    sample: int | None = 5000,
+    margin: float = 0.1,
+    num_negatives: int = 1000,
+    crop_dim: int | None = None,
+) -> float:
+    """The rank loss of ``testCoreRank`` on a ``PlaceDataset``: ≤ `sample` queries drawn with seed 43,
+    each with its non-trivial positives and `num_negatives` random negatives (rng reseeded to 43).
+
+    NaN rows (failed images) have no distance: a NaN query is skipped (no positives), NaN database
+    images are left out of its positives and negatives.
+
+    Args:
+        ds: a ``netvlad.data.PlaceDataset`` (duck-typed).
+        db_desc: ds.num_db × D; q_desc: ds.num_queries × D descriptors, in the dataset's order.
+        sample: queries evaluated (None: all).
+        margin: m of the ranking loss.
+        crop_dim: keep the first D dimensions and re-normalise first.
+
+    Returns:
+        the mean over queries with a positive of mean_j max(0, dPos + m − dNeg_j).
+
+    Raises:
+        ValueError: no sampled query has a positive.
+    """
+    db = crop_to_dim(db_desc, _check_crop(crop_dim, np.shape(db_desc)[1]))
+    q = crop_to_dim(q_desc, _check_crop(crop_dim, np.shape(db_desc)[1]))
+    sel = sample_queries(len(ds.query_images), sample, SAMPLE_SEED)
+    rng = np.random.default_rng(SAMPLE_SEED)  # testCoreRank reseeds rng(43) before the loop
+    pos, neg = [], []
+    db_ok = np.isfinite(db).all(axis=1)
+    q_ok = np.isfinite(q).all(axis=1)
+    for i in sel:
+        p = ds.nontrivial_positives(int(i))
+        avail = len(ds.db_images) - len(ds.positives(int(i)))  # small datasets: fewer negatives
+        n = ds.sample_negatives(int(i), min(num_negatives, avail), rng) if p.size else np.zeros(0, np.int64)
+        p = p[db_ok[p]] if q_ok[i] else np.zeros(0, np.int64)
+        pos.append(p)
+        neg.append(n[db_ok[n]])
+    return rank_loss(q[sel], db, pos, neg, margin)
