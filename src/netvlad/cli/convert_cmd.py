@@ -27,10 +27,15 @@ DEFAULT_MIN_SCORE = 0.0
 
 def register(sub) -> None:
     """Add this module's sub-commands to `sub` (an argparse subparsers action)."""
-    from netvlad.convert import SUPPORTED_FORMATS, ConvertConfig
-    from netvlad.export import ExportConfig
+    _register_convert(sub)
+    _register_export(sub)
+    _register_pairs(sub)
 
-    cdef, edef = ConvertConfig(), ExportConfig()
+
+def _register_convert(sub) -> None:
+    from netvlad.convert import SUPPORTED_FORMATS, ConvertConfig
+
+    cdef = ConvertConfig()
     p = sub.add_parser(
         "convert",
         help="convert a published NetVLAD model (MATLAB .mat or a PyTorch project's checkpoint)",
@@ -70,6 +75,11 @@ def register(sub) -> None:
                    help="replace a MODEL file that is not a netvlad checkpoint")
     p.set_defaults(func=run_convert)
 
+
+def _register_export(sub) -> None:
+    from netvlad.export import ExportConfig
+
+    edef = ExportConfig()
     p = sub.add_parser(
         "export",
         help="export a model to ONNX and/or TorchScript, checking parity",
@@ -109,6 +119,8 @@ def register(sub) -> None:
                    help="replace output files that are not ONNX / TorchScript files (never MODEL)")
     p.set_defaults(func=run_export)
 
+
+def _register_pairs(sub) -> None:
     from netvlad.cli.eval_cmd import FEATS_HELP, add_feature_file_options
 
     p = sub.add_parser(

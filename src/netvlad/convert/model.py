@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from netvlad.backbones import build_backbone
 from netvlad.convert.matconvnet import (
     HeadSpec,
     MatLayer,
@@ -30,6 +31,8 @@ from netvlad.convert.matconvnet import (
     pool_geometry,
     split_network,
 )
+from netvlad.layers import parse_method
+from netvlad.models import ModelConfig, PlaceModel, Preprocess
 
 __all__ = ["ConvertConfig", "ConversionInfo", "convert_matconvnet", "SUPPORTED_ARCHS"]
 
@@ -268,6 +271,19 @@ def _format(net: MatNet, head: HeadSpec) -> str:
     return f"MatConvNet SimpleNN ({', '.join(found)})"
 
 
+def _crop_and_method(path: Path, layers, head, config: ConvertConfig) -> tuple[str | None, str]:
+    """The crop layer and method: a released model's own (options must agree), else the options'."""
+    if head.pool is None:
+        return config.crop, config.method or "vlad_preL2_intra"
+    if config.crop is not None and config.crop != layers[-1].name:
+        raise ValueError(
+            f"{path}: this model's head is trained on {layers[-1].name}; --crop {config.crop} cannot apply"
+        )
+    if config.method is not None and parse_method(config.method.replace("-", "_")).name != head.method:
+        raise ValueError(f"{path}: the file's head is {head.method}; --method {config.method} contradicts it")
+    return layers[-1].name, head.method
+
+
 def convert_matconvnet(path: str | Path, config: ConvertConfig | None = None):
     """Build a :class:`~netvlad.models.PlaceModel` from a MatConvNet .mat file (v5 or v7.3).
 
@@ -286,31 +302,11 @@ def convert_matconvnet(path: str | Path, config: ConvertConfig | None = None):
         ValueError: not a supported network; the message names the file and what was found (a
             layer object of an unknown class, or class objects without mat-io to read them).
     """
-    from netvlad.backbones import build_backbone
-    from netvlad.models import ModelConfig, PlaceModel, Preprocess
-
     config = config or ConvertConfig()
     path = Path(path)
     net = load_matconvnet(path)
     layers, head = split_network(net)
-    if head.pool is not None:
-        if config.crop is not None and config.crop != layers[-1].name:
-            raise ValueError(
-                f"{path}: this model's head is trained on {layers[-1].name}; "
-                f"--crop {config.crop} cannot apply"
-            )
-        crop = layers[-1].name
-        if config.method is not None and config.method.replace("-", "_") != head.method:
-            from netvlad.layers import parse_method
-
-            if parse_method(config.method).name != head.method:
-                raise ValueError(
-                    f"{path}: the file's head is {head.method}; --method {config.method} contradicts it"
-                )
-        method = head.method
-    else:
-        crop = config.crop
-        method = config.method or "vlad_preL2_intra"
+    crop, method = _crop_and_method(path, layers, head, config)
     arch = _identify(net, layers)
     num_clusters = config.num_clusters
     if head.pool in ("vlad", "vladv2"):

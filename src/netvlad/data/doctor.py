@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from netvlad.data.places import PlaceDataset
+from netvlad.geo import parse_zone
 
 DEFAULT_MIN_NEGATIVES = 1000  # trainWeakly's nNegChoice
 
@@ -180,96 +181,87 @@ def check_dataset(ds: PlaceDataset, config: CheckConfig | None = None) -> Doctor
         rep.add("error", "empty", f"{ds.num_db} database image(s), {ds.num_queries} query image(s)")
     if cfg.check_images:
         _check_images(ds, cfg, rep)
-
     names = [f"db {n}" for n in ds.db_images] + [f"query {n}" for n in ds.query_images]
     allu = np.concatenate([ds.db_utm, ds.query_utm])
     bad = ~np.all(np.isfinite(allu), axis=1)
     if bad.any():
-        rep.add(
-            "error",
-            "bad-coordinates",
-            f"{int(bad.sum())} image(s) with NaN/infinite coordinates",
-            [names[i] for i in np.flatnonzero(bad)],
-        )
-
-    zones = (ds.db_zones or []) + (ds.query_zones or [])
-    if zones:
-        from netvlad.geo import parse_zone
-
-        keys = Counter(parse_zone(z) for z in zones if z)
-        if len(keys) > 1:
-            if ds.zone is None:
-                rep.add(
-                    "error",
-                    "zone-mixed",
-                    "coordinates come from several UTM zones and are not comparable",
-                    [f"zone {n}{'N' if north else 'S'}: {c}" for (n, north), c in keys.items()],
-                )
-            else:
-                target = parse_zone(ds.zone)
-                other = [names[i] for i, z in enumerate(zones) if z and parse_zone(z) != target]
-                rep.add(
-                    "warning",
-                    "zone-mixed",
-                    f"{len(other)} image(s) from other UTM zones were re-projected into {ds.zone}",
-                    other,
-                )
-
-    good = allu[~bad]
-    if good.shape[0] >= 3:
-        med = np.median(good, axis=0)
-        d = np.full(allu.shape[0], np.nan)
-        d[~bad] = np.linalg.norm(good - med, axis=1)
-        dd = d[~bad]
-        mad = 1.4826 * np.median(np.abs(dd - np.median(dd)))
-        bound = max(cfg.outlier_km * 1000.0, np.median(dd) + 10.0 * mad)
-        out = np.flatnonzero(np.nan_to_num(d, nan=0.0) > bound)
-        if out.size:
-            rep.add(
-                "warning",
-                "outlier-coordinates",
-                f"{out.size} image(s) more than {bound / 1000:.1f} km from the median position",
-                [f"{names[i]} ({d[i] / 1000:.1f} km)" for i in out],
-            )
-
+        rep.add("error", "bad-coordinates", f"{int(bad.sum())} image(s) with NaN/infinite coordinates",
+                [names[i] for i in np.flatnonzero(bad)])
+    _check_zones(ds, names, rep)
+    _check_outliers(allu, bad, names, cfg, rep)
     if ds.num_db and ds.num_queries and not bad.any():
-        pos = ds.all_positives()
-        nopos = [ds.query_images[q] for q in range(ds.num_queries) if pos[q].size == 0]
-        if nopos:
-            rep.add(
-                "warning",
-                "no-positive",
-                f"{len(nopos)} of {ds.num_queries} queries have no database image "
-                f"within {ds.pos_radius:g} m (they count as failures in recall@N)",
-                nopos,
-            )
-        nneg = ds.num_negatives()
-        need = cfg.min_negatives if cfg.min_negatives is not None else DEFAULT_MIN_NEGATIVES
-        few = np.flatnonzero(nneg < need)
-        if few.size:
-            rep.add(
-                "error" if cfg.min_negatives is not None else "warning",
-                "few-negatives",
-                f"{few.size} queries have fewer than {need} negatives (min {int(nneg.min())}); training "
-                f"with nNegChoice={need} cannot sample them",
-                [ds.query_images[q] for q in few],
-            )
+        _check_positives_and_negatives(ds, cfg, rep)
+    _check_duplicate_names(ds, rep)
+    if cfg.check_images or ds.db_root.resolve() == ds.query_root.resolve():
+        _check_queries_in_database(ds, cfg, rep)
+    return rep
 
+
+def _check_zones(ds: PlaceDataset, names: list[str], rep: DoctorReport) -> None:
+    """Coordinates from several UTM zones: an error unless the loader re-projected them into one."""
+    zones = (ds.db_zones or []) + (ds.query_zones or [])
+    keys = Counter(parse_zone(z) for z in zones if z)
+    if len(keys) <= 1:
+        return
+    if ds.zone is None:
+        rep.add("error", "zone-mixed", "coordinates come from several UTM zones and are not comparable",
+                [f"zone {n}{'N' if north else 'S'}: {c}" for (n, north), c in keys.items()])
+        return
+    target = parse_zone(ds.zone)
+    other = [names[i] for i, z in enumerate(zones) if z and parse_zone(z) != target]
+    rep.add("warning", "zone-mixed",
+            f"{len(other)} image(s) from other UTM zones were re-projected into {ds.zone}", other)
+
+
+def _check_outliers(allu: np.ndarray, bad: np.ndarray, names: list[str], cfg: CheckConfig,
+                    rep: DoctorReport) -> None:
+    """Images far from the median position (beyond ``outlier_km`` and 10 robust deviations)."""
+    good = allu[~bad]
+    if good.shape[0] < 3:
+        return
+    med = np.median(good, axis=0)
+    d = np.full(allu.shape[0], np.nan)
+    d[~bad] = np.linalg.norm(good - med, axis=1)
+    dd = d[~bad]
+    mad = 1.4826 * np.median(np.abs(dd - np.median(dd)))
+    bound = max(cfg.outlier_km * 1000.0, np.median(dd) + 10.0 * mad)
+    out = np.flatnonzero(np.nan_to_num(d, nan=0.0) > bound)
+    if out.size:
+        rep.add("warning", "outlier-coordinates",
+                f"{out.size} image(s) more than {bound / 1000:.1f} km from the median position",
+                [f"{names[i]} ({d[i] / 1000:.1f} km)" for i in out])
+
+
+def _check_positives_and_negatives(ds: PlaceDataset, cfg: CheckConfig, rep: DoctorReport) -> None:
+    """Queries without a positive (failures in recall@N) and with too few negatives for training."""
+    pos = ds.all_positives()
+    nopos = [ds.query_images[q] for q in range(ds.num_queries) if pos[q].size == 0]
+    if nopos:
+        rep.add("warning", "no-positive",
+                f"{len(nopos)} of {ds.num_queries} queries have no database image "
+                f"within {ds.pos_radius:g} m (they count as failures in recall@N)", nopos)
+    nneg = ds.num_negatives()
+    need = cfg.min_negatives if cfg.min_negatives is not None else DEFAULT_MIN_NEGATIVES
+    few = np.flatnonzero(nneg < need)
+    if few.size:
+        rep.add("error" if cfg.min_negatives is not None else "warning", "few-negatives",
+                f"{few.size} queries have fewer than {need} negatives (min {int(nneg.min())}); training "
+                f"with nNegChoice={need} cannot sample them", [ds.query_images[q] for q in few])
+
+
+def _check_duplicate_names(ds: PlaceDataset, rep: DoctorReport) -> None:
     for role, listed in (("database", ds.db_images), ("query", ds.query_images)):
         dups = [n for n, c in Counter(listed).items() if c > 1]
         if dups:
             rep.add("error", "duplicate-name", f"{len(dups)} {role} name(s) listed more than once (a feature "
                     "file holds one row per name: `netvlad extract` refuses the list)", dups)
 
-    if cfg.check_images or ds.db_root.resolve() == ds.query_root.resolve():
-        same = _same_files(ds) if cfg.check_images else [n for n in ds.query_images if n in set(ds.db_images)]
-        if same:
-            ruled = "tokyotm_timestamp" in ds.rules
-            rep.add(
-                "warning" if ruled else "error",
-                "query-in-database",
+
+def _check_queries_in_database(ds: PlaceDataset, cfg: CheckConfig, rep: DoctorReport) -> None:
+    """Query images that are also database images: they inflate recall (unless a rule excludes them)."""
+    same = _same_files(ds) if cfg.check_images else [n for n in ds.query_images if n in set(ds.db_images)]
+    if same:
+        ruled = "tokyotm_timestamp" in ds.rules
+        rep.add("warning" if ruled else "error", "query-in-database",
                 f"{len(same)} query image(s) also in the database"
-                + (" (excluded by the timestamp rule)" if ruled else " (they inflate recall)"),
-                same,
-            )
-    return rep
+                + (" (excluded by the timestamp rule)" if ruled else " (they inflate recall)"), same)

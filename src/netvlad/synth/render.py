@@ -125,6 +125,95 @@ def _cloud_panorama(seed: int = 7, w: int = 512, h: int = 64) -> np.ndarray:
     return np.clip((out - 0.45) * 2.5, 0, 1)
 
 
+@dataclass
+class _Rays:
+    """The camera's rays: one horizontal direction (Dx, Dy) per column, elevation v per row."""
+
+    W: int
+    H: int
+    f: float  # focal length in pixels
+    u: np.ndarray  # (W,) column offsets / f
+    v: np.ndarray  # (H,) row offsets / f, positive below the horizon
+    Dx: np.ndarray
+    Dy: np.ndarray
+    Dn: np.ndarray  # (W,) ‖(Dx, Dy)‖
+    cam: np.ndarray  # (2,) camera position
+    fwd: tuple[float, float]
+
+
+@dataclass
+class _QuadHits:
+    """Which quad each covered pixel shows: the nearest K candidates per column (W×K arrays) and,
+    for each covered pixel `px`, its flat (column, candidate) index `ck`."""
+
+    order: np.ndarray  # W×K segment ids, nearest first
+    sk: np.ndarray  # W×K ray parameter (distance along the ray / ‖D‖)
+    tk: np.ndarray  # W×K position along the segment, 0..1
+    zlo: np.ndarray
+    zhi: np.ndarray
+    px: np.ndarray
+    ck: np.ndarray
+    E: np.ndarray  # F×2 segment vectors b − a
+
+
+def _quad_hits(rays: _Rays, camera: Camera, a, b, z0, z1) -> _QuadHits:
+    """Column × segment intersections (W×F), the nearest K per column, and per pixel the first
+    candidate whose height range contains the ray's height."""
+    W, v, Dx, Dy = rays.W, rays.v, rays.Dx, rays.Dy
+    F = len(z0)
+    A = (a - rays.cam).astype(np.float32)
+    E = (b - a).astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        den = Dx[:, None] * E[None, :, 1] - Dy[:, None] * E[None, :, 0]
+        s = (A[:, 0] * E[:, 1] - A[:, 1] * E[:, 0])[None] / den
+        t = (A[None, :, 0] * Dy[:, None] - A[None, :, 1] * Dx[:, None]) / den
+        s = np.where((s > 0.2) & (t >= 0) & (t <= 1), s, np.inf).astype(np.float32)
+    # Only as many candidates as the busiest column has hits (usually 2–5, at most _K).
+    K = int(min(_K, max(1, np.isfinite(s).sum(axis=1).max())))
+    if F > K:
+        order = np.argpartition(s, K - 1, axis=1)[:, :K]
+    else:
+        order = np.broadcast_to(np.arange(F), (W, F))
+    sk = np.take_along_axis(s, order, axis=1)
+    srt = np.argsort(sk, axis=1)
+    order = np.take_along_axis(order, srt, axis=1)
+    sk = np.take_along_axis(sk, srt, axis=1)  # (W, K), nearest first
+    tk = np.take_along_axis(t, order, axis=1)
+    hitk = np.isfinite(sk)
+    sk = np.where(hitk, sk, 1.0).astype(np.float32)
+    zlo = np.where(hitk, z0[order], 1.0).astype(np.float32)
+    zhi = np.where(hitk, z1[order], 0.0).astype(np.float32)
+    # Candidate k covers the rows whose v lies in [(h - zhi)/s, (h - zlo)/s].
+    vlo = np.where(hitk, (camera.height - zhi) / sk, np.inf).astype(np.float32)
+    vhi = np.where(hitk, (camera.height - zlo) / sk, -np.inf).astype(np.float32)
+    # Pad K to 1, 2, 4 or 8 with empty ranges so that a pixel's K flags read as one integer.
+    Kp = 1 << (K - 1).bit_length()
+    if Kp > K:
+        vlo = np.pad(vlo, ((0, 0), (0, Kp - K)), constant_values=np.inf)
+        vhi = np.pad(vhi, ((0, 0), (0, Kp - K)), constant_values=-np.inf)
+    vv = v[:, None, None]
+    hit = (vv >= vlo[None]) & (vv <= vhi[None])  # (H, W, Kp)
+    first = hit.argmax(axis=2).ravel()
+    px = np.flatnonzero(hit.view(f"u{Kp}").ravel())
+    ck = (px % W) * K + first[px]  # flat (column, candidate) index of each covered pixel
+    return _QuadHits(order, sk, tk, zlo, zhi, px, ck, E)
+
+
+def _develop(color: np.ndarray, condition: Condition, rng, H: int, W: int) -> np.ndarray:
+    """Exposure, tint, sensor noise and tone curve: linear colours (H·W×3) → H×W×3 uint8."""
+    color *= condition.exposure * np.array(condition.tint, np.float32)
+    if condition.noise > 0:
+        if rng is None:
+            raise ValueError("render: condition has sensor noise but no rng was given")
+        # Luminance noise (one draw per pixel, not per channel: a third of the cost).
+        color += (rng.standard_normal(H * W, dtype=np.float32) * np.float32(condition.noise))[:, None]
+    out = np.clip(color + 0.5, 0, 255).astype(np.uint8).reshape(H, W, 3)
+    if condition.gamma != 1.0:  # tone curve as a 256-entry lookup table
+        lut = np.clip(255.0 * (np.arange(256) / 255.0) ** condition.gamma + 0.5, 0, 255).astype(np.uint8)
+        out = lut[out]
+    return out
+
+
 class Renderer:
     """Renders `town` at `width`×`height`: ``render(camera, condition, district, occluders)`` -> uint8."""
 
@@ -161,7 +250,24 @@ class Renderer:
             height×width×3 uint8 RGB; with `return_ids`, also a height×width int64 map: the index
             of the town segment (``town.seg_*`` row) seen, -2 for an occluder, -1 for ground/sky.
         """
-        atlas = self.town.atlas
+        rays = self._rays(camera)
+        H, W = rays.H, rays.W
+        color = np.empty((H * W, 3), np.float32)
+        covered = np.zeros(H * W, bool)
+        haze = np.array(condition.haze, np.float32)
+        a, b, z0, z1, tex, gid = self._segments(district, rays.cam, rays.fwd, occluders)
+        ids = np.full(H * W, -1, np.int64) if return_ids else None
+        if len(tex):
+            hits = _quad_hits(rays, camera, a, b, z0, z1)
+            covered[hits.px] = True
+            if ids is not None:
+                ids[hits.px] = gid[hits.order.ravel()[hits.ck]]
+            color[hits.px] = self._quad_colors(rays, camera, condition, district, hits, tex, haze)
+        self._ground_and_sky(rays, camera, condition, district, color, covered, haze)
+        out = _develop(color, condition, rng, H, W)
+        return (out, ids.reshape(H, W)) if ids is not None else out
+
+    def _rays(self, camera: Camera) -> _Rays:
         W, H = self.width, self.height
         f = (W / 2) / math.tan(math.radians(camera.hfov) / 2)
         u = (np.arange(W, dtype=np.float32) + 0.5 - W / 2) / np.float32(f)
@@ -172,97 +278,61 @@ class Renderer:
         Dx = (fwd[0] + u * right[0]).astype(np.float32)
         Dy = (fwd[1] + u * right[1]).astype(np.float32)
         Dn = np.sqrt(Dx * Dx + Dy * Dy)
-        cam = np.array([camera.x, camera.y])
-        color = np.empty((H * W, 3), np.float32)
-        covered = np.zeros(H * W, bool)
-        haze = np.array(condition.haze, np.float32)
+        return _Rays(W, H, f, u, v, Dx, Dy, Dn, np.array([camera.x, camera.y]), fwd)
 
-        # ---- vertical quads: column × segment intersections, W×F
-        a, b, z0, z1, tex, gid = self._segments(district, cam, fwd, occluders)
-        ids = np.full(H * W, -1, np.int64) if return_ids else None
-        F = len(tex)
-        if F:
-            A = (a - cam).astype(np.float32)
-            E = (b - a).astype(np.float32)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                den = Dx[:, None] * E[None, :, 1] - Dy[:, None] * E[None, :, 0]
-                s = (A[:, 0] * E[:, 1] - A[:, 1] * E[:, 0])[None] / den
-                t = (A[None, :, 0] * Dy[:, None] - A[None, :, 1] * Dx[:, None]) / den
-                s = np.where((s > 0.2) & (t >= 0) & (t <= 1), s, np.inf).astype(np.float32)
-            # Only as many candidates as the busiest column has hits (usually 2–5, at most _K).
-            K = int(min(_K, max(1, np.isfinite(s).sum(axis=1).max())))
-            if F > K:
-                order = np.argpartition(s, K - 1, axis=1)[:, :K]
-            else:
-                order = np.broadcast_to(np.arange(F), (W, F))
-            sk = np.take_along_axis(s, order, axis=1)
-            srt = np.argsort(sk, axis=1)
-            order = np.take_along_axis(order, srt, axis=1)
-            sk = np.take_along_axis(sk, srt, axis=1)  # (W, K), nearest first
-            tk = np.take_along_axis(t, order, axis=1)
-            hitk = np.isfinite(sk)
-            sk = np.where(hitk, sk, 1.0).astype(np.float32)
-            zlo = np.where(hitk, z0[order], 1.0).astype(np.float32)
-            zhi = np.where(hitk, z1[order], 0.0).astype(np.float32)
-            # Candidate k covers the rows whose v lies in [(h - zhi)/s, (h - zlo)/s].
-            vlo = np.where(hitk, (camera.height - zhi) / sk, np.inf).astype(np.float32)
-            vhi = np.where(hitk, (camera.height - zlo) / sk, -np.inf).astype(np.float32)
-            # Pad K to 1, 2, 4 or 8 with empty ranges so that a pixel's K flags read as one integer.
-            Kp = 1 << (K - 1).bit_length()
-            if Kp > K:
-                vlo = np.pad(vlo, ((0, 0), (0, Kp - K)), constant_values=np.inf)
-                vhi = np.pad(vhi, ((0, 0), (0, Kp - K)), constant_values=-np.inf)
-            vv = v[:, None, None]
-            hit = (vv >= vlo[None]) & (vv <= vhi[None])  # (H, W, Kp)
-            first = hit.argmax(axis=2).ravel()
-            px = np.flatnonzero(hit.view(f"u{Kp}").ravel())
-            ck = (px % W) * K + first[px]  # flat (column, candidate) index of each covered pixel
-            covered[px] = True
-            if ids is not None:
-                ids[px] = gid[order.ravel()[ck]]
-            # Everything but the texel row is constant along a (column, candidate): compute it W×K.
-            tid = tex[order]
-            dist = sk * Dn[:, None]
-            Ex, Ey = E[order, 0], E[order, 1]
-            seg_len = np.maximum(np.sqrt(Ex * Ex + Ey * Ey), 1e-6)
-            nx_, ny_ = Ey / seg_len, -Ex / seg_len
-            ndotd = (nx_ * Dx[:, None] + ny_ * Dy[:, None]) / Dn[:, None]
-            height = np.maximum(zhi - zlo, 1e-6)
-            w0 = atlas.width[tid, 0].astype(np.float32)
-            h0 = atlas.height[tid, 0].astype(np.float32)
-            fp = dist / np.float32(f)  # metres per pixel at the hit
-            # Mip level from the texels per pixel (grazing views count more, capped at ~73°).
-            tpp = np.maximum(fp / np.maximum(np.abs(ndotd), 0.3) * w0 / seg_len, fp * h0 / height)
-            lev = np.clip(np.log2(np.maximum(tpp, 1.0)).astype(np.int64), 0, atlas.levels - 1)
-            wl, hl = atlas.width[tid, lev], atlas.height[tid, lev]
-            tx = np.minimum((tk * wl).astype(np.int64), wl - 1)
-            base = (atlas.offset[tid, lev] + tx).ravel()
-            # texel row = (zhi - z) / height · hl with z = h - v·s  ->  ty0 + v·ty1
-            ty0 = ((zhi - camera.height) / height * hl).ravel()
-            ty1 = (sk / height * hl).ravel()
-            rows = px // W
-            ty = np.clip((ty0[ck] + v[rows] * ty1[ck]).astype(np.int64), 0, hl.ravel()[ck] - 1)
-            idx = base[ck] + ty * wl.ravel()[ck]
-            albedo = self._colors[idx]
-            # Lambert shading by the sun (normals turned toward the camera), then aerial perspective.
-            sun = self._sun_dir(condition)
-            lam = np.maximum(-np.sign(ndotd) * (nx_ * sun[0] + ny_ * sun[1]), 0.0)
-            shade = (condition.ambient + condition.sun * lam).astype(np.float32)
-            keep = np.exp(-dist / np.float32(condition.fog_distance)).astype(np.float32).ravel()
-            gain = (shade.ravel() * keep)[ck]
-            col = albedo * gain[:, None]
-            if condition.night:
-                warm = condition.window_light * np.array([255, 205, 130], np.float32)
-                col += self._emissive[idx][:, None] * warm
-                cols = px % W
-                s_p = sk.ravel()[ck]
-                z_p = camera.height - v[rows] * s_p
-                lamp = self._lamps(district, cam, s_p * Dx[cols], s_p * Dy[cols], z_p, condition)
-                col += albedo * (lamp * keep[ck])[:, None]
-            col += haze * (1 - keep[ck])[:, None]
-            color[px] = col
+    def _quad_colors(self, rays: _Rays, camera: Camera, condition: Condition, district, h: _QuadHits,
+                     tex: np.ndarray, haze: np.ndarray) -> np.ndarray:
+        """Colours of the pixels `h` covers: texel lookup at the mip level of the pixel footprint,
+        Lambert shading by the sun, night lights and lamps, aerial perspective."""
+        atlas = self.town.atlas
+        W, f, v, Dx, Dy, Dn = rays.W, rays.f, rays.v, rays.Dx, rays.Dy, rays.Dn
+        order, sk, tk, zlo, zhi, px, ck = h.order, h.sk, h.tk, h.zlo, h.zhi, h.px, h.ck
+        # Everything but the texel row is constant along a (column, candidate): compute it W×K.
+        tid = tex[order]
+        dist = sk * Dn[:, None]
+        Ex, Ey = h.E[order, 0], h.E[order, 1]
+        seg_len = np.maximum(np.sqrt(Ex * Ex + Ey * Ey), 1e-6)
+        nx_, ny_ = Ey / seg_len, -Ex / seg_len
+        ndotd = (nx_ * Dx[:, None] + ny_ * Dy[:, None]) / Dn[:, None]
+        height = np.maximum(zhi - zlo, 1e-6)
+        w0 = atlas.width[tid, 0].astype(np.float32)
+        h0 = atlas.height[tid, 0].astype(np.float32)
+        fp = dist / np.float32(f)  # metres per pixel at the hit
+        # Mip level from the texels per pixel (grazing views count more, capped at ~73°).
+        tpp = np.maximum(fp / np.maximum(np.abs(ndotd), 0.3) * w0 / seg_len, fp * h0 / height)
+        lev = np.clip(np.log2(np.maximum(tpp, 1.0)).astype(np.int64), 0, atlas.levels - 1)
+        wl, hl = atlas.width[tid, lev], atlas.height[tid, lev]
+        tx = np.minimum((tk * wl).astype(np.int64), wl - 1)
+        base = (atlas.offset[tid, lev] + tx).ravel()
+        # texel row = (zhi - z) / height · hl with z = h - v·s  ->  ty0 + v·ty1
+        ty0 = ((zhi - camera.height) / height * hl).ravel()
+        ty1 = (sk / height * hl).ravel()
+        rows = px // W
+        ty = np.clip((ty0[ck] + v[rows] * ty1[ck]).astype(np.int64), 0, hl.ravel()[ck] - 1)
+        idx = base[ck] + ty * wl.ravel()[ck]
+        albedo = self._colors[idx]
+        # Lambert shading by the sun (normals turned toward the camera), then aerial perspective.
+        sun = self._sun_dir(condition)
+        lam = np.maximum(-np.sign(ndotd) * (nx_ * sun[0] + ny_ * sun[1]), 0.0)
+        shade = (condition.ambient + condition.sun * lam).astype(np.float32)
+        keep = np.exp(-dist / np.float32(condition.fog_distance)).astype(np.float32).ravel()
+        gain = (shade.ravel() * keep)[ck]
+        col = albedo * gain[:, None]
+        if condition.night:
+            warm = condition.window_light * np.array([255, 205, 130], np.float32)
+            col += self._emissive[idx][:, None] * warm
+            cols = px % W
+            s_p = sk.ravel()[ck]
+            z_p = camera.height - v[rows] * s_p
+            lamp = self._lamps(district, rays.cam, s_p * Dx[cols], s_p * Dy[cols], z_p, condition)
+            col += albedo * (lamp * keep[ck])[:, None]
+        col += haze * (1 - keep[ck])[:, None]
+        return col
 
-        # ---- ground below the horizon, sky above, where no quad was hit
+    def _ground_and_sky(self, rays: _Rays, camera: Camera, condition: Condition, district,
+                        color: np.ndarray, covered: np.ndarray, haze: np.ndarray) -> None:
+        """Fill the pixels no quad covers: ground below the horizon, sky above (in place)."""
+        W, f, u, v, Dx, Dy, Dn, cam = rays.W, rays.f, rays.u, rays.v, rays.Dx, rays.Dy, rays.Dn, rays.cam
         below = np.repeat(v > 0, W)
         gpx = np.flatnonzero(~covered & below)
         if len(gpx):
@@ -281,17 +351,6 @@ class Renderer:
         if len(spx):
             top = int(np.count_nonzero(v <= 0))  # sky rows: the top of the frame
             color[spx] = self._sky(camera, condition, u, v[:top])[spx]
-        color *= condition.exposure * np.array(condition.tint, np.float32)
-        if condition.noise > 0:
-            if rng is None:
-                raise ValueError("render: condition has sensor noise but no rng was given")
-            # Luminance noise (one draw per pixel, not per channel: a third of the cost).
-            color += (rng.standard_normal(H * W, dtype=np.float32) * np.float32(condition.noise))[:, None]
-        out = np.clip(color + 0.5, 0, 255).astype(np.uint8).reshape(H, W, 3)
-        if condition.gamma != 1.0:  # tone curve as a 256-entry lookup table
-            lut = np.clip(255.0 * (np.arange(256) / 255.0) ** condition.gamma + 0.5, 0, 255).astype(np.uint8)
-            out = lut[out]
-        return (out, ids.reshape(H, W)) if ids is not None else out
 
     def _segments(self, district, cam, fwd, occluders):
         """Static segments of `district` near and ahead of the camera, plus the occluders

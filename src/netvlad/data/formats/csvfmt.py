@@ -87,50 +87,91 @@ def load_csv(path: str | Path, images: str | Path | None = None) -> PlaceDataset
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     meta, header, rows = _read_rows(path)
+    kind = _coordinate_kind(path, header)
+    data = {"db": [], "query": []}
+    valid_zones: set[str] = set()
+    for line, r in rows:
+        split, entry = _parse_row(path, line, r, kind, valid_zones)
+        data[split].append(entry)
+    utm, zone, zones, notes = _project(path, data, kind, meta)
+    n_db = len(data["db"])
+    timestamps, headings = "timestamp" in header, "heading" in header
+    try:
+        return PlaceDataset(
+            name=meta.get("name") or path.stem,
+            db_root=_images_root(path, images, meta),
+            query_root=_images_root(path, images, meta),
+            db_images=[e[0] for e in data["db"]],
+            query_images=[e[0] for e in data["query"]],
+            db_utm=utm[:n_db],
+            query_utm=utm[n_db:],
+            zone=zone,
+            db_timestamps=_optional_column(data["db"], "timestamp") if timestamps else None,
+            query_timestamps=_optional_column(data["query"], "timestamp") if timestamps else None,
+            db_headings=_optional_column(data["db"], "heading") if headings else None,
+            query_headings=_optional_column(data["query"], "heading") if headings else None,
+            pos_radius=_meta_float(meta, "pos_radius", path, 25.0),
+            train_pos_radius=_meta_float(meta, "train_pos_radius", path, 10.0),
+            trivial_radius=_meta_float(meta, "trivial_radius", path, 1.0),
+            rules=_rules(path, meta),
+            db_groups=_db_groups(path, header, data["db"]),
+            query_conditions=[e[5]["condition"] for e in data["query"]] if "condition" in header else None,
+            db_zones=None if zones is None else zones[:n_db],
+            query_zones=None if zones is None else zones[n_db:],
+            notes=notes,
+        )
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+def _coordinate_kind(path: Path, header: list[str]) -> str:
+    """"latlon" or "utm", from the columns; the split and path columns must be there."""
     for col in ("split", "path"):
         if col not in header:
             raise bad(path, f"column '{col}'", f"missing (header: {','.join(header)})")
     if {"lat", "lon"} <= set(header):
-        kind = "latlon"
-    elif {"easting", "northing"} <= set(header):
-        kind = "utm"
-    else:
-        raise bad(
-            path, "columns", f"need 'lat','lon' or 'easting','northing'[,'zone'] (header: {','.join(header)})"
-        )
-    data = {"db": [], "query": []}
-    valid_zones: set[str] = set()
-    for line, r in rows:
-        split = _SPLITS.get(r["split"].lower())
-        if split is None:
-            raise bad(
-                path, f"line {line}: column 'split'", f"unknown value {r['split']!r} (expected db or query)"
-            )
-        if not r["path"]:
-            raise bad(path, f"line {line}: column 'path'", "empty")
-        if kind == "latlon":
-            a = parse_float(r["lat"], path, f"line {line}: column 'lat'")
-            b = parse_float(r["lon"], path, f"line {line}: column 'lon'")
-            check_latlon(a, b, path, f"line {line}")
-            zone = None
-        else:
-            a = parse_float(r["easting"], path, f"line {line}: column 'easting'")
-            b = parse_float(r["northing"], path, f"line {line}: column 'northing'")
-            zone = r.get("zone") or None
-            if zone is not None and zone not in valid_zones:
-                try:
-                    parse_zone(zone)
-                except ValueError as exc:
-                    raise bad(path, f"line {line}: column 'zone'", str(exc)) from None
-                valid_zones.add(zone)
-        opt = {}
-        for col in ("timestamp", "heading"):
-            if col in r:
-                opt[col] = parse_float(r[col], path, f"line {line}: column '{col}'") if r[col] else np.nan
-        opt["group"] = r.get("group", "")
-        opt["condition"] = r.get("condition", "")
-        data[split].append((r["path"], a, b, zone, line, opt))
+        return "latlon"
+    if {"easting", "northing"} <= set(header):
+        return "utm"
+    need = "need 'lat','lon' or 'easting','northing'[,'zone']"
+    raise bad(path, "columns", f"{need} (header: {','.join(header)})")
 
+
+def _parse_row(path: Path, line: int, r: dict, kind: str, valid_zones: set[str]) -> tuple[str, tuple]:
+    """One data row → (split, (name, a, b, zone, line, optional columns)); `valid_zones` caches
+    the zone strings already checked."""
+    split = _SPLITS.get(r["split"].lower())
+    if split is None:
+        raise bad(path, f"line {line}: column 'split'",
+                  f"unknown value {r['split']!r} (expected db or query)")
+    if not r["path"]:
+        raise bad(path, f"line {line}: column 'path'", "empty")
+    if kind == "latlon":
+        a = parse_float(r["lat"], path, f"line {line}: column 'lat'")
+        b = parse_float(r["lon"], path, f"line {line}: column 'lon'")
+        check_latlon(a, b, path, f"line {line}")
+        zone = None
+    else:
+        a = parse_float(r["easting"], path, f"line {line}: column 'easting'")
+        b = parse_float(r["northing"], path, f"line {line}: column 'northing'")
+        zone = r.get("zone") or None
+        if zone is not None and zone not in valid_zones:
+            try:
+                parse_zone(zone)
+            except ValueError as exc:
+                raise bad(path, f"line {line}: column 'zone'", str(exc)) from None
+            valid_zones.add(zone)
+    opt = {}
+    for col in ("timestamp", "heading"):
+        if col in r:
+            opt[col] = parse_float(r[col], path, f"line {line}: column '{col}'") if r[col] else np.nan
+    opt["group"] = r.get("group", "")
+    opt["condition"] = r.get("condition", "")
+    return split, (r["path"], a, b, zone, line, opt)
+
+
+def _project(path: Path, data: dict, kind: str, meta: dict):
+    """(utm N×2, zone, per-image zones or None, notes) of all rows, db first, in one UTM zone."""
     notes: list[str] = []
     forced = meta.get("zone") or None
     if forced:
@@ -142,76 +183,53 @@ def load_csv(path: str | Path, images: str | Path | None = None) -> PlaceDataset
     coords = np.array([[e[1], e[2]] for e in every], dtype=np.float64).reshape(-1, 2)
     if kind == "latlon":
         utm, zone, own, notes = latlon_to_one_zone(coords[:, 0], coords[:, 1], path, forced)
-        zones = own
-    else:
-        given = [e[3] for e in every]
-        if all(z is None for z in given):
-            utm, zone, zones = coords, forced, None
-        elif any(z is None for z in given):
-            line = next(e[4] for e in every if e[3] is None)
-            raise bad(path, f"line {line}: column 'zone'", "empty while other rows have a zone")
-        else:
-            utm, zone, zones, notes = utm_to_one_zone(coords, given, path, forced)
-    n_db = len(data["db"])
+        return utm, zone, own, notes
+    given = [e[3] for e in every]
+    if all(z is None for z in given):
+        return coords, forced, None, notes
+    if any(z is None for z in given):
+        line = next(e[4] for e in every if e[3] is None)
+        raise bad(path, f"line {line}: column 'zone'", "empty while other rows have a zone")
+    return utm_to_one_zone(coords, given, path, forced)
 
-    def col(split, key, dtype=np.float64):
-        vals = [e[5].get(key) for e in data[split]]
-        if not vals or vals[0] is None:
-            return None
-        a = np.asarray(vals, dtype=dtype)
-        return a.astype(np.int64) if np.all(np.isfinite(a)) and np.all(a == np.round(a)) else a
 
-    timestamp_col = "timestamp" in header
-    heading_col = "heading" in header
-    groups = None
-    if "group" in header:
-        g = [e[5]["group"] for e in data["db"]]
-        if any(not x for x in g):
-            raise bad(path, "column 'group'", "must be set for every db row when present")
-        _, groups = np.unique(np.asarray(g), return_inverse=True)
-        if all(x.lstrip("-").isdigit() for x in g):
-            groups = np.asarray([int(x) for x in g], dtype=np.int64)
-    conditions = None
-    if "condition" in header:
-        conditions = [e[5]["condition"] for e in data["query"]]
+def _optional_column(entries: list[tuple], key: str):
+    """The values of an optional numeric column (int64 when all are whole numbers), or None."""
+    vals = [e[5].get(key) for e in entries]
+    if not vals or vals[0] is None:
+        return None
+    a = np.asarray(vals, dtype=np.float64)
+    return a.astype(np.int64) if np.all(np.isfinite(a)) and np.all(a == np.round(a)) else a
+
+
+def _db_groups(path: Path, header: list[str], db_entries: list[tuple]):
+    """The ``group`` column of the database rows (numbers as given, other labels numbered), or None."""
+    if "group" not in header:
+        return None
+    g = [e[5]["group"] for e in db_entries]
+    if any(not x for x in g):
+        raise bad(path, "column 'group'", "must be set for every db row when present")
+    if all(x.lstrip("-").isdigit() for x in g):
+        return np.asarray([int(x) for x in g], dtype=np.int64)
+    return np.unique(np.asarray(g), return_inverse=True)[1]
+
+
+def _rules(path: Path, meta: dict) -> frozenset[str]:
     rules = frozenset(r.strip() for r in meta.get("rules", "").split(",") if r.strip())
     unknown = rules - KNOWN_RULES
     if unknown:
-        raise bad(
-            path, "metadata 'rules'", f"unknown rule(s) {sorted(unknown)}; known: {sorted(KNOWN_RULES)}"
-        )
+        raise bad(path, "metadata 'rules'",
+                  f"unknown rule(s) {sorted(unknown)}; known: {sorted(KNOWN_RULES)}")
+    return rules
+
+
+def _images_root(path: Path, images, meta: dict) -> Path:
+    """`images`, else the ``images_root`` metadata (relative to the CSV), else the CSV's folder."""
     if images is not None:
-        root = Path(images)
-    elif "images_root" in meta:
-        root = Path(os.path.normpath(path.parent / meta["images_root"]))
-    else:
-        root = path.parent
-    try:
-        return PlaceDataset(
-            name=meta.get("name") or path.stem,
-            db_root=root,
-            query_root=root,
-            db_images=[e[0] for e in data["db"]],
-            query_images=[e[0] for e in data["query"]],
-            db_utm=utm[:n_db],
-            query_utm=utm[n_db:],
-            zone=zone,
-            db_timestamps=col("db", "timestamp") if timestamp_col else None,
-            query_timestamps=col("query", "timestamp") if timestamp_col else None,
-            db_headings=col("db", "heading") if heading_col else None,
-            query_headings=col("query", "heading") if heading_col else None,
-            pos_radius=_meta_float(meta, "pos_radius", path, 25.0),
-            train_pos_radius=_meta_float(meta, "train_pos_radius", path, 10.0),
-            trivial_radius=_meta_float(meta, "trivial_radius", path, 1.0),
-            rules=rules,
-            db_groups=groups,
-            query_conditions=conditions,
-            db_zones=None if zones is None else zones[:n_db],
-            query_zones=None if zones is None else zones[n_db:],
-            notes=notes,
-        )
-    except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from None
+        return Path(images)
+    if "images_root" in meta:
+        return Path(os.path.normpath(path.parent / meta["images_root"]))
+    return path.parent
 
 
 def _fmt(x) -> str:

@@ -11,6 +11,7 @@ only easting and northing are required (``@123.4@567.8@.jpg`` is valid), the oth
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import re
 from collections import Counter
 from pathlib import Path
@@ -145,38 +146,11 @@ def load_at_folder(
     recs = {}
     notes: list[str] = []
     for split, d in (("db", db_dir), ("query", q_dir)):
-        names = list_images(d)
-        if extensions is not None:
-            kept = [n for n in names if n.endswith(extensions)]
-            if len(kept) < len(names):
-                notes.append(f"{d}: {len(names) - len(kept)} image file(s) not ending in "
-                             f"{'/'.join(extensions)} ignored, as the VG benchmark ignores them")
-            names = kept
+        names = _listed(d, extensions, notes)
         recs[split] = (names, [parse_at_name(n, d) for n in names])
-    every = recs["db"][1] + recs["query"][1]
-    coords = np.array([[r["easting"], r["northing"]] for r in every], dtype=np.float64).reshape(-1, 2)
-    zones = [f"{r['zone_number']}{r.get('zone_letter', '')}" if "zone_number" in r else None for r in every]
-    if every and all(z is not None for z in zones) and (raw_utm or _far_zones(zones)):
-        utm, zone, counts = coords, None, Counter(zones)
-        if len({zone_key(z) for z in zones}) > 1:
-            notes.append(f"{root}: UTM zones {', '.join(f'{z} ({c})' for z, c in sorted(counts.items()))} "
-                         "kept as written (easting/northing compared as they are, as the VG benchmark does)")
-            zones = None
-        else:
-            zone = counts.most_common(1)[0][0]
-    elif every and all(z is not None for z in zones):
-        utm, zone, zones, zone_notes = utm_to_one_zone(coords, zones, root)
-        notes += zone_notes
-    else:
-        utm, zone, zones = coords, None, None
+    utm, zone, zones = _at_coordinates(root, recs["db"][1] + recs["query"][1], raw_utm, notes)
     n_db = len(recs["db"][0])
-
-    def opt(split, key):
-        vals = [r.get(key) for r in recs[split][1]]
-        if all(v is None for v in vals):
-            return None
-        return np.array([np.nan if v is None else v for v in vals], dtype=np.float64)
-
+    opt = functools.partial(_optional_field, recs)
     groups = None
     panos = [r.get("pano_id") for r in recs["db"][1]]
     if panos and all(panos):
@@ -208,6 +182,45 @@ def load_at_folder(
         query_zones=None if zones is None else zones[n_db:],
         notes=notes,
     )
+
+
+def _listed(folder: Path, extensions: tuple[str, ...] | None, notes: list[str]) -> list[str]:
+    """The image names of `folder`, only those ending in `extensions` when given (noted)."""
+    names = list_images(folder)
+    if extensions is None:
+        return names
+    kept = [n for n in names if n.endswith(extensions)]
+    if len(kept) < len(names):
+        notes.append(f"{folder}: {len(names) - len(kept)} image file(s) not ending in "
+                     f"{'/'.join(extensions)} ignored, as the VG benchmark ignores them")
+    return kept
+
+
+def _at_coordinates(root: Path, every: list[dict], raw_utm: bool, notes: list[str]):
+    """(utm N×2, zone, per-image zones or None) of the parsed names: one zone where the zones are
+    neighbours, the coordinates as written where they are far apart (or `raw_utm`)."""
+    coords = np.array([[r["easting"], r["northing"]] for r in every], dtype=np.float64).reshape(-1, 2)
+    zones = [f"{r['zone_number']}{r.get('zone_letter', '')}" if "zone_number" in r else None for r in every]
+    if not every or any(z is None for z in zones):
+        return coords, None, None
+    if not (raw_utm or _far_zones(zones)):
+        utm, zone, zones, zone_notes = utm_to_one_zone(coords, zones, root)
+        notes += zone_notes
+        return utm, zone, zones
+    counts = Counter(zones)
+    if len({zone_key(z) for z in zones}) > 1:
+        notes.append(f"{root}: UTM zones {', '.join(f'{z} ({c})' for z, c in sorted(counts.items()))} "
+                     "kept as written (easting/northing compared as they are, as the VG benchmark does)")
+        return coords, None, None
+    return coords, counts.most_common(1)[0][0], zones
+
+
+def _optional_field(recs: dict, split: str, key: str) -> np.ndarray | None:
+    """A field of the parsed names of `split` (NaN where a name lacks it), or None if none has it."""
+    vals = [r.get(key) for r in recs[split][1]]
+    if all(v is None for v in vals):
+        return None
+    return np.array([np.nan if v is None else v for v in vals], dtype=np.float64)
 
 
 # ----------------------------------------------------------------------------- EXIF GPS
