@@ -15,12 +15,13 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "netvlad"
 
 # Top-level part -> netvlad parts it may import (the README's module table, lower rows on upper ones).
 # ``_atomic`` (atomic file writes, stdlib only) is a leaf utility every part may import.
-LEAF_UTILS = {"_atomic", "_sniff", "_outputs", "_version"}
+LEAF_UTILS = {"_atomic", "_sniff", "_outputs", "_version", "_matlab"}
 ALLOWED = {
     "_atomic": set(),
     "_sniff": set(),
     "_outputs": set(),
     "_version": set(),
+    "_matlab": set(),
     "layers": set(),
     "backbones": set(),
     "geo": set(),

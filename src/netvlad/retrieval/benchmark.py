@@ -10,19 +10,15 @@ from pathlib import Path
 
 import numpy as np
 
+from netvlad._matlab import matlab_round
 from netvlad.metrics import evaluate_map
 from netvlad.retrieval.readers import HOLIDAYS_MAX_PIXELS, JPEG_QUALITY, RetrievalBenchmark, load_benchmark
-
-
-def _round_half_away(x: np.ndarray) -> np.ndarray:
-    # MATLAB round(): halves away from zero (numpy rounds halves to even).
-    return np.sign(x) * np.floor(np.abs(x) + 0.5)
 
 
 def crop_box(roi: Sequence[float], grow: float, width: int, height: int) -> tuple[int, int, int, int]:
     """MATLAB ``dbVGG`` crop: round(ROI + grow·[−1 −1 1 1]) clipped to the image with 1-based
     inclusive pixel indices, returned as a 0-based half-open PIL box (left, top, right, bottom)."""
-    r = _round_half_away(np.asarray(roi, np.float64) + grow * np.array([-1, -1, 1, 1]))
+    r = matlab_round(np.asarray(roi, np.float64) + grow * np.array([-1, -1, 1, 1]))
     x1, y1 = max(1, int(r[0])), max(1, int(r[1]))
     x2, y2 = min(width, int(r[2])), min(height, int(r[3]))
     if x2 < x1 or y2 < y1:

@@ -6,6 +6,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+from netvlad._matlab import matlab_round
 from netvlad.mining import MiningConfig
 
 #: ``recallNs = [1:5, 10:5:100]`` (24 values).
@@ -149,11 +150,6 @@ class TrainConfig:
     @property
     def save_every_batches(self) -> int:
         return max(1, math.ceil(self.save_frequency / self.batch_size))
-
-
-def matlab_round(x: float) -> int:
-    """MATLAB's ``round``: to the nearest integer, halves away from zero (Python's rounds to even)."""
-    return int(math.copysign(math.floor(abs(x) + 0.5), x))
 
 
 def resolve_backprop_from(config: TrainConfig, backbone_name: str | None) -> str | int | None:

@@ -9,8 +9,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from netvlad._matlab import matlab_round
 from netvlad.data.images import load_image
-from netvlad.train.config import TrainConfig, matlab_round
+from netvlad.train.config import TrainConfig
 
 
 def load_tuple_images(
