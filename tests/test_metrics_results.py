@@ -51,3 +51,23 @@ def test_one_plotter_for_evaluate_and_the_demo(tmp_path):
     plot_curves(triples, tmp_path / "c.png", "t")  # evaluate's current one draws the same picture
     a, b, c = ((tmp_path / f"{x}.png").read_bytes() for x in "abc")
     assert a == b == c
+
+
+def test_retrieval_result_report_and_table_equal_the_cli(tmp_path, monkeypatch, capsys):
+    import netvlad.retrieval as retrieval
+    from netvlad.cli import main
+    from netvlad.retrieval import RetrievalResult
+
+    def protocols(m):
+        return {"default": {"map": m, "mp@k": {}, "ap": [m / 100, None, 0.25]}}
+
+    res = {"benchmark": "holidays", "num_db": 6, "num_queries": 3, "queries": "full", "grow": None,
+           "max_side": 0, "results": {320: {"dim": 320, "num_queries": 3, "protocols": protocols(55.5)},
+                                      16: {"dim": 16, "num_queries": 3, "protocols": protocols(41.25)}}}
+    monkeypatch.setattr(retrieval, "benchmark_retrieval", lambda *a, **k: res)
+    argv = ["benchmark", "retrieval", "--dataset", "holidays", "--root", str(tmp_path), "lite0-max",
+            "--report", str(tmp_path / "r.json"), "--no-progress"]
+    assert main(argv) == 0
+    r = RetrievalResult.from_dict(res)
+    assert capsys.readouterr().out.splitlines() == r.table()
+    assert json.loads((tmp_path / "r.json").read_text()) == json.loads(json.dumps(r.to_json("lite0-max")))

@@ -22,6 +22,7 @@ Nordland, St Lucia, SF-XL, SPED, ... under each dataset's protocol, the publishe
 from __future__ import annotations
 
 from netvlad.retrieval.benchmark import (
+    RetrievalResult,
     benchmark_retrieval,
     crop_box,
     crop_queries,
@@ -47,6 +48,7 @@ from netvlad.retrieval.vpr import (
 )
 
 __all__ = [
+    "RetrievalResult",
     "BENCHMARKS",
     "VPR_NS",
     "VprBenchmark",

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -184,3 +186,49 @@ def benchmark_retrieval(
     out["grow"] = grow
     out["max_side"] = max_side
     return out
+
+
+@dataclass
+class RetrievalResult:
+    """A retrieval benchmark's mAP as named fields (the dict `benchmark_retrieval` returns).
+
+    Attributes:
+        benchmark: its name; num_db, num_queries: its size.
+        results: {dim: `netvlad.metrics.evaluate_map` dict ("dim", "num_queries", "protocols":
+            {name: {"map" ×100, "mp@k" ×100, "ap"}})}.
+        queries: "crop" or "full"; grow: ROI growth per side in px; max_side: the extraction's.
+    """
+
+    benchmark: str
+    num_db: int
+    num_queries: int
+    results: dict
+    queries: str | None = None
+    grow: float | None = None
+    max_side: int | None = None
+
+    @classmethod
+    def from_dict(cls, res: dict) -> RetrievalResult:
+        return cls(**{f.name: res.get(f.name) for f in dataclasses.fields(cls)})
+
+    def to_json(self, model: str | Path) -> dict:
+        """The JSON report of ``netvlad benchmark retrieval --report`` (`model`: what was run)."""
+        return {
+            "benchmark": self.benchmark,
+            "model": str(model),
+            "queries": self.queries,
+            "grow": self.grow,
+            "max_side": self.max_side,
+            "num_db": self.num_db,
+            "num_queries": self.num_queries,
+            "results": {str(d): r for d, r in self.results.items()},
+        }
+
+    def table(self) -> list[str]:
+        """The lines ``netvlad benchmark retrieval`` prints: a header, then mAP % per dimension."""
+        protocols = list(next(iter(self.results.values()))["protocols"])
+        head = f"{self.benchmark} ({self.queries} queries): {self.num_queries} queries, {self.num_db} images"
+        lines = [head, "   dim " + "".join(f"{p:>10}" for p in protocols) + "   (mAP %)"]
+        for dim, r in self.results.items():
+            lines.append(f"{dim:>6} " + "".join(f"{r['protocols'][p]['map']:>10.2f}" for p in protocols))
+        return lines
