@@ -3,7 +3,10 @@
 Read top-down: `fit` starts or resumes a run (`_start` / `_resume`), then runs its epochs
 (`_run_epoch`: cache refresh, `_train_batch` = mine, forward/backward, SGD step, log) and ends
 each epoch (`_end_epoch`: validation and training-set tests, cache refresh, checkpoints). Every
-step reads and updates one `_Run` (what a checkpoint saves, plus the cache in memory).
+step reads and updates one `netvlad.train.state.RunState` (what a checkpoint saves, plus the cache
+in memory). Elsewhere in this package: the options (`config`), which layers train (`layers`), the
+cache and the tests (`cache`), tuples (`tuples`), what ranks share (`sync`, `dist`), checkpoints
+(`state`), what a run writes and prints (`runlog`), runs as the CLI starts them (`runs`).
 
 Run directory layout:
     config.json       effective TrainConfig + model config + datasets + world size
@@ -19,87 +22,49 @@ Run directory layout:
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from netvlad._atomic import atomic_write_text
 from netvlad.data.images import load_image
 from netvlad.losses import triplet_ranking_loss
-from netvlad.mining import MiningConfig, NegativeMemory, mine, query_rng
+from netvlad.mining import NegativeMemory, mine, query_rng
 from netvlad.models import check_device, init_clusters
 from netvlad.train import dist as D
 from netvlad.train.cache import evaluate_cached, evaluate_places, refresh_cache
 from netvlad.train.config import TrainConfig, resolve_backprop_from
 from netvlad.train.layers import freeze_for_training
-from netvlad.train.runlog import EpochSums, MetricsLog, plot_curves, rankloss_text, recall_text
+from netvlad.train.runlog import (
+    EpochSums,
+    MetricsLog,
+    plot_curves,
+    rankloss_text,
+    recall_text,
+    resume_message,
+    write_run_config,
+)
 from netvlad.train.sampling import epoch_order, query_weights
 from netvlad.train.state import (
     LATEST,
+    Position,
+    RunState,
     cache_path,
     load_cache,
     load_checkpoint,
     prune_caches,
-    rng_state,
     save_cache,
-    save_checkpoint,
+    save_run_checkpoint,
     set_rng_state,
 )
+from netvlad.train.sync import sgd_step, share_memory
 from netvlad.train.tuples import embed, load_tuple_images
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Position:
-    """Where a run is: the next batch to run and the cache in use."""
-
-    epoch: int = 1  # 1-based epoch in progress (or next)
-    batch: int = 0  # next 0-based batch of that epoch
-    global_batch: int = 0  # batches completed in total
-    refresh_id: int = 0  # id of the cache in use (cache_rNNNNNN.pt)
-    cache_batch: int = 0  # global_batch at the last refresh (cache age)
-
-
-@dataclass
-class _Run:
-    """The state of a run: its inputs, what a checkpoint saves, and the cache in memory."""
-
-    model: torch.nn.Module
-    train_ds: object
-    val_ds: object
-    cfg: TrainConfig
-    run_dir: Path
-    device: torch.device
-    progress: bool
-    rank: int
-    world: int
-    layer: str | int | None  # resolved backprop_from
-    params: list[torch.nn.Parameter]
-    opt: torch.optim.Optimizer
-    memory: NegativeMemory
-    train_q: np.ndarray  # dataset query ids trained on (all, or the limit_queries subset)
-    weights: np.ndarray | None  # per-query sampling weights (msls) or None (each once)
-    metrics: MetricsLog
-    mining: MiningConfig
-    say: Callable[[str], None]
-    pos: Position = field(default_factory=Position)
-    sums: EpochSums = field(default_factory=EpochSums)
-    db_cache: torch.Tensor | None = None
-    q_cache: torch.Tensor | None = None
-    base_short: int | None = None  # shorter side of database image 1 (jitterScale)
-    n_avail: dict[int, int] = field(default_factory=dict)  # random negatives drawable per query
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,7 +120,7 @@ def fit(
 # start or resume
 
 
-def _setup(model, train_ds, val_ds, cfg: TrainConfig, run_dir: Path, device, progress, log) -> _Run:
+def _setup(model, train_ds, val_ds, cfg: TrainConfig, run_dir: Path, device, progress, log) -> RunState:
     """Check the inputs, freeze the untrained layers and build the optimizer and the state."""
     rank, world = D.rank_world()
     device = check_device(device)
@@ -173,7 +138,7 @@ def _setup(model, train_ds, val_ds, cfg: TrainConfig, run_dir: Path, device, pro
         rng = np.random.default_rng(cfg.seed)
         train_q = np.sort(rng.choice(len(train_q), cfg.limit_queries, replace=False))
     weights = query_weights(train_ds, cfg.query_sampling)
-    return _Run(
+    return RunState(
         model=model, train_ds=train_ds, val_ds=val_ds, cfg=cfg, run_dir=run_dir, device=device,
         progress=progress, rank=rank, world=world, layer=layer, params=params, opt=opt,
         memory=NegativeMemory(train_ds.num_queries, cfg.n_neg_cache), train_q=train_q,
@@ -187,7 +152,7 @@ def _silent(_msg: str) -> None:
     """The user-facing lines of ranks other than 0."""
 
 
-def _start(run: _Run, run_info: dict | None) -> None:
+def _start(run: RunState, run_info: dict | None) -> None:
     """A new run: config.json, NetVLAD initialisation, the off-the-shelf test, the first cache."""
     if (run.run_dir / LATEST).exists():
         raise ValueError(
@@ -195,7 +160,7 @@ def _start(run: _Run, run_info: dict | None) -> None:
         )
     run.metrics.reset()  # records of an earlier run here that stopped before its first checkpoint
     if run.is_main:
-        _write_run_config(run, run_info)
+        write_run_config(run, run_info)
     if not getattr(run.model, "initialized", True):
         init_clusters(
             run.model,
@@ -219,24 +184,7 @@ def _start(run: _Run, run_info: dict | None) -> None:
         run.say(f"epoch 0 (off-the-shelf): {recall_text(ev['val_recall'])}, {_tests_text(ev)}")
 
 
-def _write_run_config(run: _Run, run_info: dict | None) -> None:
-    info = {
-        "train": run.cfg.to_dict(),
-        "world_size": run.world,
-        "device": str(run.device),
-        "train_dataset": getattr(run.train_ds, "name", None),
-        "val_dataset": getattr(run.val_ds, "name", None),
-        "train_queries": len(run.train_q),
-        "backprop_from": run.layer,
-        **(run_info or {}),
-    }
-    mc = getattr(run.model, "config", None)
-    if hasattr(mc, "to_dict"):
-        info["model"] = mc.to_dict()
-    atomic_write_text(run.run_dir / "config.json", json.dumps(info, indent=2, default=str))
-
-
-def _resume(run: _Run, checkpoint: Path) -> None:
+def _resume(run: RunState, checkpoint: Path) -> None:
     """Restore model, optimizer, negative memory, RNG states, position and cache from `checkpoint`."""
     ck = load_checkpoint(checkpoint)
     run.model.load_state_dict(ck["state_dict"])
@@ -246,7 +194,7 @@ def _resume(run: _Run, checkpoint: Path) -> None:
     run.pos = Position(**tr["position"])
     set_rng_state(tr["rng"])
     run.metrics.truncate_to(run.pos)
-    run.say(_resume_message(run.pos, run.cfg, checkpoint))
+    run.say(resume_message(run.pos, run.cfg, checkpoint))
     if run.pos.batch:
         run.sums = EpochSums.of_records(run.metrics.batch_records(run.pos.epoch), resumed=True)
     cached = load_cache(run.run_dir, run.pos.refresh_id)
@@ -263,18 +211,11 @@ def _resume(run: _Run, checkpoint: Path) -> None:
     run.db_cache, run.q_cache = (t.to(run.device) for t in cached)
 
 
-def _resume_message(pos: Position, cfg: TrainConfig, checkpoint: Path) -> str:
-    where = f"resuming from epoch {pos.epoch}, query {pos.batch * cfg.batch_size} (checkpoint {checkpoint})"
-    if pos.epoch > cfg.epochs:
-        return f"{where}: all {cfg.epochs} epochs are done; pass a larger --epochs to train on"
-    return where
-
-
 # ---------------------------------------------------------------------------------------------
 # the cache, the tests, checkpoints
 
 
-def _refresh(run: _Run, label: str, progress: bool) -> None:
+def _refresh(run: RunState, label: str, progress: bool) -> None:
     """Recompute the mining cache with the current network (``computeAllFeats``) and keep it on disk."""
     db, q = refresh_cache(run.model, run.train_ds, run.train_q, run.cfg, run.device, progress, label=label)
     run.db_cache, run.q_cache = db.to(run.device), q.to(run.device)
@@ -284,7 +225,7 @@ def _refresh(run: _Run, label: str, progress: bool) -> None:
         save_cache(run.run_dir, run.pos.refresh_id, run.db_cache, run.q_cache)
 
 
-def _train_test(run: _Run) -> dict:
+def _train_test(run: RunState) -> dict:
     """Recall and rank loss on the training set from the cache (MATLAB tests on its train features).
     Rank 0 only: the other ranks write no records."""
     if not run.is_main:
@@ -298,27 +239,11 @@ def _tests_text(ev: dict) -> str:
     return ", ".join(t for t in (recall_text(ev["train_recall"], "train"), rankloss_text(ev)) if t)
 
 
-def _checkpoint(run: _Run, path: Path) -> None:
-    if run.is_main:
-        save_checkpoint(
-            path,
-            run.model,
-            {
-                "config": run.cfg.to_dict(),
-                "position": asdict(run.pos),
-                "optimizer": run.opt.state_dict(),
-                "memory": run.memory.state(),
-                "rng": rng_state(),
-                "world_size": run.world,
-            },
-        )
-
-
 # ---------------------------------------------------------------------------------------------
 # an epoch
 
 
-def _run_epoch(run: _Run, epoch: int) -> None:
+def _run_epoch(run: RunState, epoch: int) -> None:
     """The batches of `epoch` from the position on, refreshing the cache and saving as MATLAB does."""
     cfg = run.cfg
     lr, refresh_every = cfg.schedule(epoch)
@@ -347,13 +272,13 @@ def _run_epoch(run: _Run, epoch: int) -> None:
         run.metrics.write(rec)
         bar.set_postfix(loss=f"{rec['loss']:.4f}", trip=rec["triplets"])
         if ib % cfg.save_every_batches == 0 and ib < n_batches:
-            _checkpoint(run, run.run_dir / LATEST)
+            save_run_checkpoint(run, run.run_dir / LATEST)
             if run.is_main and cfg.save_cache:
                 prune_caches(run.run_dir, {run.pos.refresh_id})
     bar.close()
 
 
-def _end_epoch(run: _Run, epoch: int, t_epoch: float) -> None:
+def _end_epoch(run: RunState, epoch: int, t_epoch: float) -> None:
     """Validation test, full training-set refresh (the next epoch's cache), training-set test,
     checkpoints and the summary line."""
     cfg = run.cfg
@@ -367,8 +292,8 @@ def _end_epoch(run: _Run, epoch: int, t_epoch: float) -> None:
     run.sums = EpochSums()
     run.pos.epoch, run.pos.batch = epoch + 1, 0
     if run.is_main:
-        _checkpoint(run, run.run_dir / f"epoch_{epoch:03d}.pt")
-        _checkpoint(run, run.run_dir / LATEST)
+        save_run_checkpoint(run, run.run_dir / f"epoch_{epoch:03d}.pt")
+        save_run_checkpoint(run, run.run_dir / LATEST)
         if cfg.save_cache:
             prune_caches(run.run_dir, {run.pos.refresh_id})
         plot_curves(run.run_dir)
@@ -379,7 +304,7 @@ def _end_epoch(run: _Run, epoch: int, t_epoch: float) -> None:
 # a batch
 
 
-def _train_batch(run: _Run, epoch: int, b: int, batch_rows: np.ndarray) -> dict:
+def _train_batch(run: RunState, epoch: int, b: int, batch_rows: np.ndarray) -> dict:
     """Mine on the cache, forward/backward the tuples of this rank's queries, share the negative
     memory, take the SGD step; returns the batch's metrics record (without epoch_float and lr)."""
     t0 = time.perf_counter()
@@ -389,8 +314,8 @@ def _train_batch(run: _Run, epoch: int, b: int, batch_rows: np.ndarray) -> dict:
     counts = [loss_sum, res.n_mined, n_trip, len(res.skipped), sum(res.violators.values()), len(res.tuples)]
     stats = D.all_reduce_sum(torch.tensor(counts, dtype=torch.float64))
     loss_sum, n_mined, n_trip, n_skip, n_viol, n_tup = stats.tolist()
-    _share_memory(run, batch_rows, res.memory)
-    _sgd_step(run, n_trip)
+    share_memory(run, batch_rows, res.memory)
+    sgd_step(run, n_trip)
     pos = run.pos
     pos.batch, pos.global_batch = b + 1, pos.global_batch + 1
     run.sums.add(loss_sum, n_mined, n_viol)
@@ -413,7 +338,7 @@ def _train_batch(run: _Run, epoch: int, b: int, batch_rows: np.ndarray) -> dict:
     }
 
 
-def _n_negatives(run: _Run, q: int) -> int:
+def _n_negatives(run: RunState, q: int) -> int:
     """Random negatives drawn for query `q` per visit: nNegChoice, or all there are."""
     if q not in run.n_avail:
         ds = run.train_ds
@@ -421,7 +346,7 @@ def _n_negatives(run: _Run, q: int) -> int:
     return run.n_avail[q]
 
 
-def _mine(run: _Run, epoch: int, my_rows: np.ndarray):
+def _mine(run: RunState, epoch: int, my_rows: np.ndarray):
     """Hard-negative mining on the cached features for this rank's rows of the epoch order."""
     ds, seed = run.train_ds, run.cfg.seed
     qids = [int(run.train_q[r]) for r in my_rows]
@@ -436,7 +361,7 @@ def _mine(run: _Run, epoch: int, my_rows: np.ndarray):
     return mine(my_rows, run.q_cache, run.db_cache, positives, rand_negs, memory, run.mining)
 
 
-def _forward_backward(run: _Run, epoch: int, tuples) -> tuple[float, int]:
+def _forward_backward(run: RunState, epoch: int, tuples) -> tuple[float, int]:
     """Loss of each mined tuple on the real network; backward where a triplet violates the margin.
 
     Returns:
@@ -461,28 +386,3 @@ def _forward_backward(run: _Run, epoch: int, tuples) -> tuple[float, int]:
     return loss_sum, n_trip
 
 
-def _share_memory(run: _Run, batch_rows: np.ndarray, mined: dict) -> None:
-    """Update the negative memory of the batch's queries; each rank owns its queries' rows and the
-    ranks share them (a sum of rows shifted by +1, so that an absent entry is 0)."""
-    n_cache = run.cfg.n_neg_cache
-    mem_rows = torch.zeros((len(batch_rows), n_cache), dtype=torch.int64)
-    for j, r in enumerate(batch_rows):
-        if j % run.world == run.rank:
-            row = mined.get(int(r), run.memory.row(int(run.train_q[r])))
-            mem_rows[j, : len(row)] = torch.as_tensor(row[:n_cache]) + 1
-    mem_rows = D.all_reduce_sum(mem_rows) - 1
-    run.memory.update(
-        {int(run.train_q[r]): mem_rows[j][mem_rows[j] >= 0].numpy() for j, r in enumerate(batch_rows)}
-    )
-
-
-def _sgd_step(run: _Run, n_trip: float) -> None:
-    """Gradients summed over ranks and divided by the batch's triplet count; no step without one."""
-    D.all_reduce_grads(run.params)
-    if n_trip > 0:
-        with torch.no_grad():
-            for p in run.params:
-                if p.grad is not None:
-                    p.grad.div_(n_trip)
-        run.opt.step()
-    run.opt.zero_grad(set_to_none=True)

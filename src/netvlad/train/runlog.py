@@ -163,3 +163,29 @@ def plot_curves(run_dir: Path) -> None:
         atomic_write(run_dir / "curves.png", lambda tmp: fig.savefig(tmp, dpi=80), suffix=".png")
     finally:
         plt.close(fig)
+
+
+def resume_message(pos, cfg, checkpoint: Path) -> str:
+    """The line a resumed run prints: where it starts (and whether anything is left to do)."""
+    where = f"resuming from epoch {pos.epoch}, query {pos.batch * cfg.batch_size} (checkpoint {checkpoint})"
+    if pos.epoch > cfg.epochs:
+        return f"{where}: all {cfg.epochs} epochs are done; pass a larger --epochs to train on"
+    return where
+
+
+def write_run_config(run, run_info: dict | None) -> None:
+    """config.json of a new run: its TrainConfig, model config, datasets, world size and `run_info`."""
+    info = {
+        "train": run.cfg.to_dict(),
+        "world_size": run.world,
+        "device": str(run.device),
+        "train_dataset": getattr(run.train_ds, "name", None),
+        "val_dataset": getattr(run.val_ds, "name", None),
+        "train_queries": len(run.train_q),
+        "backprop_from": run.layer,
+        **(run_info or {}),
+    }
+    mc = getattr(run.model, "config", None)
+    if hasattr(mc, "to_dict"):
+        info["model"] = mc.to_dict()
+    atomic_write_text(run.run_dir / "config.json", json.dumps(info, indent=2, default=str))

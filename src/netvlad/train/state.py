@@ -1,8 +1,11 @@
-"""Checkpoint plumbing for training: atomic writes, RNG states as plain tensors/lists, caches."""
+"""The state of a training run (`Position`, `RunState`) and its checkpoint plumbing: atomic writes,
+RNG states as plain tensors/lists, feature caches."""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +13,10 @@ import torch
 
 from netvlad._atomic import atomic_write
 from netvlad._version import __version__
+from netvlad.mining import MiningConfig, NegativeMemory
 from netvlad.models import load_checkpoint as load_model_checkpoint
+from netvlad.train.config import TrainConfig
+from netvlad.train.runlog import EpochSums, MetricsLog
 
 CKPT_FORMAT = "netvlad-checkpoint"
 LATEST = "ckpt_latest.pt"
@@ -114,3 +120,66 @@ def prune_caches(run_dir: str | Path, keep: set[int]) -> None:
             continue
         if rid not in keep:
             p.unlink(missing_ok=True)
+
+
+@dataclass
+class Position:
+    """Where a run is: the next batch to run and the cache in use."""
+
+    epoch: int = 1  # 1-based epoch in progress (or next)
+    batch: int = 0  # next 0-based batch of that epoch
+    global_batch: int = 0  # batches completed in total
+    refresh_id: int = 0  # id of the cache in use (cache_rNNNNNN.pt)
+    cache_batch: int = 0  # global_batch at the last refresh (cache age)
+
+
+@dataclass
+class RunState:
+    """The state of a run that `netvlad.train.loop.fit`'s steps share: its inputs, what a
+    checkpoint saves (position, optimizer, negative memory), and the cache in memory."""
+
+    model: torch.nn.Module
+    train_ds: object
+    val_ds: object
+    cfg: TrainConfig
+    run_dir: Path
+    device: torch.device
+    progress: bool
+    rank: int
+    world: int
+    layer: str | int | None  # resolved backprop_from
+    params: list[torch.nn.Parameter]
+    opt: torch.optim.Optimizer
+    memory: NegativeMemory
+    train_q: np.ndarray  # dataset query ids trained on (all, or the limit_queries subset)
+    weights: np.ndarray | None  # per-query sampling weights (msls) or None (each once)
+    metrics: MetricsLog
+    mining: MiningConfig
+    say: Callable[[str], None]
+    pos: Position = field(default_factory=Position)
+    sums: EpochSums = field(default_factory=EpochSums)
+    db_cache: torch.Tensor | None = None
+    q_cache: torch.Tensor | None = None
+    base_short: int | None = None  # shorter side of database image 1 (jitterScale)
+    n_avail: dict[int, int] = field(default_factory=dict)  # random negatives drawable per query
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def save_run_checkpoint(run: RunState, path: Path) -> None:
+    """A checkpoint of `run` at its position (rank 0 writes; a model checkpoint plus ``extra.train``)."""
+    if run.is_main:
+        save_checkpoint(
+            path,
+            run.model,
+            {
+                "config": run.cfg.to_dict(),
+                "position": asdict(run.pos),
+                "optimizer": run.opt.state_dict(),
+                "memory": run.memory.state(),
+                "rng": rng_state(),
+                "world_size": run.world,
+            },
+        )
