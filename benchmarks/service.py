@@ -6,7 +6,8 @@ weights, clusters from random unit descriptors: speed does not depend on them) s
 checkpoint, a flat index of the images with grid coordinates, and the real server (``python -m
 netvlad serve``, uvicorn, default settings unless ``--max-batch``/``--max-wait-ms``) on a free
 loopback port. Rounds interleave the offline rate (``extract_features`` of the same images into an
-HDF5 file, the library defaults of ``netvlad extract``) with each client count, so a machine shared
+HDF5 file with the library defaults of ``netvlad extract``, in a fresh process that loads the same
+checkpoint, as the server does) with each client count, so a machine shared
 with other work slows both alike; medians over rounds are reported. Clients are asyncio tasks of
 one httpx client in this process, each posting a photo (round-robin), waiting for the answer and
 posting the next, for ``--seconds``.
@@ -33,7 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from extract import make_jpegs, random_clusters  # noqa: E402
 
-from netvlad.extract import ExtractConfig, compute_descriptors, extract_features  # noqa: E402
+from netvlad.extract import compute_descriptors  # noqa: E402
 from netvlad.index import build_index  # noqa: E402
 from netvlad.models import create_model, save_model  # noqa: E402
 
@@ -56,12 +57,23 @@ def setup(tmp: Path, n: int, model_name: str, size: tuple[int, int]):
     return model, paths, tmp / "idx", ckpt
 
 
-def offline_rate(model, paths: list[Path], out: Path) -> float:
-    """Images/s of extract_features with the library defaults (what `netvlad extract` runs)."""
-    t = time.perf_counter()
-    names = [p.name for p in paths]
-    extract_features(model, paths, names, out, ExtractConfig(progress=False), overwrite=True)
-    return len(paths) / (time.perf_counter() - t)
+def offline_rate(ckpt: Path, folder: Path, out: Path) -> float:
+    """Images/s of extract_features with the library defaults (what `netvlad extract` runs), in a
+    fresh process that loads the checkpoint as the server does; model loading and a warm-up batch
+    are not timed."""
+    code = (
+        "import sys, time\nfrom pathlib import Path\n"
+        "from netvlad.extract import ExtractConfig, extract_features\nfrom netvlad.models import load_model\n"
+        "m = load_model(sys.argv[1]); paths = sorted(Path(sys.argv[2]).glob('*.jpg'))\n"
+        "names = [p.name for p in paths]; cfg = ExtractConfig(progress=False)\n"
+        "extract_features(m, paths[:8], names[:8], sys.argv[3], cfg, overwrite=True)\n"
+        "t = time.perf_counter(); extract_features(m, paths, names, sys.argv[3], cfg, overwrite=True)\n"
+        "print(len(paths) / (time.perf_counter() - t))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    res = subprocess.run([sys.executable, "-c", code, str(ckpt), str(folder), str(out)], env=env,
+                         capture_output=True, text=True, check=True)
+    return float(res.stdout.strip().splitlines()[-1])
 
 
 async def load(url: str, blobs: list[bytes], clients: int, seconds: float) -> dict:
@@ -149,17 +161,16 @@ def main() -> None:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        model, paths, index, _ = setup(tmp, args.images, args.model, tuple(args.size))
+        model, paths, index, ckpt = setup(tmp, args.images, args.model, tuple(args.size))
         blobs = [p.read_bytes() for p in paths]
         url = f"http://127.0.0.1:{port}"
         proc = start_server(index, port, extra)
         try:
             wait_ready(url, proc)
             asyncio.run(load(url, blobs, 2, 3.0))  # warm-up: first batches, thumbnails of nothing
-            offline_rate(model, paths[:8], tmp / "warm.h5")
             offline, served = [], {c: [] for c in args.clients}
             for r in range(args.rounds):
-                offline.append(offline_rate(model, paths, tmp / "f.h5"))
+                offline.append(offline_rate(ckpt, tmp, tmp / "f.h5"))
                 print(f"round {r + 1}: offline extract {offline[-1]:.2f} img/s", flush=True)
                 for c in args.clients:
                     res = asyncio.run(load(url, blobs, c, args.seconds))

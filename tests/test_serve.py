@@ -317,3 +317,29 @@ def test_real_server_over_http_batches_concurrent_requests(setup, capsys):
     assert [r.json()["results"][0]["name"] for r in rs] == [names[i % 8] for i in range(16)]
     _same(rs[2].json(), want)
     assert bad.status_code == 400 and bad.json() == {"error": "x.jpg: not an image Pillow can read"}
+
+
+def test_model_work_runs_off_the_event_loop(setup, loaded):
+    """While a slow batch is in the model, the loop still answers /healthz at once."""
+    import threading
+    import time
+
+    app = _app(setup, loaded, max_wait_ms=0)
+    started = threading.Event()
+
+    def slow(jobs):
+        started.set()
+        time.sleep(1.5)
+        return [RuntimeError("done")] * len(jobs)
+
+    with TestClient(app, raise_server_exceptions=False) as c:
+        app.state.batcher.fn = slow
+        with ThreadPoolExecutor(1) as pool:
+            fut = pool.submit(_post, c, _png_bytes())
+            assert started.wait(10)
+            t0 = time.perf_counter()
+            assert c.get("/healthz").status_code == 200
+            dt = time.perf_counter() - t0
+            assert not fut.done()
+            assert fut.result().status_code == 500
+    assert dt < 1.0

@@ -30,6 +30,7 @@ def _browser() -> tuple[str, str] | str:
     return chromium, driver
 
 
+@pytest.mark.slow
 def test_page_uploads_a_photo_and_shows_results_and_map(tmp_path):
     found = _browser()
     if isinstance(found, str):
