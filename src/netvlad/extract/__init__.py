@@ -35,6 +35,7 @@ from netvlad.extract.patches import (
     estimate_patch_bytes,
     extract_patches,
     patch_descriptors,
+    patch_file_for,
     patch_positions,
 )
 from netvlad.extract.run import (
@@ -79,6 +80,7 @@ __all__ = [
     "merge_shards",
     "parse_shard",
     "patch_descriptors",
+    "patch_file_for",
     "patch_positions",
     "plan_batches",
     "plan_shards",

@@ -46,7 +46,7 @@ from netvlad.layers import NetVLAD, whole_l2n
 logger = logging.getLogger("netvlad.extract")
 
 __all__ = ["PATCH_PRESETS", "PatchConfig", "estimate_patch_bytes", "extract_patches", "patch_descriptors",
-           "patch_positions"]
+           "patch_file_for", "patch_positions"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +90,13 @@ PATCH_PRESETS = {
     "speed": PatchConfig(sizes=(5,), strides=(1,)),
     "performance": PatchConfig(sizes=(2, 5, 8), strides=(1, 1, 1)),
 }
+
+
+def patch_file_for(features: str | Path) -> Path:
+    """Where ``netvlad extract --patches`` puts the patch file of a global feature file:
+    ``feats_db.h5`` → ``feats_db.patches.h5``."""
+    features = Path(features)
+    return features.with_name(f"{features.stem}.patches.h5")
 
 
 def patch_positions(height: int, width: int, size: int, stride: int) -> np.ndarray:

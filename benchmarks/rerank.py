@@ -1,0 +1,267 @@
+"""Re-ranking on a synthetic town and on the campus walk: recall@1/5/10 without and with each re-ranking.
+
+Town (``netvlad.synth``, the test area; day, overcast, sunset and night queries reported apart):
+the demo's model, EfficientNet-Lite0 NetVLAD with clusters from the training area's database,
+PCA-whitened to ``--whiten-dim`` on the training database (Patch-NetVLAD whitens its patches with
+the model's PCA). Baseline: that model's global descriptors. Re-rankings of the top ``--top``:
+αQE, DBA, k-reciprocal (OpenIBL's defaults), Patch-NetVLAD in its speed setting (one patch scale,
+rapid spatial scoring) and in multi-scale settings (spatial and RANSAC). Patch features are read
+from their HDF5 file per query, as ``netvlad evaluate --rerank patch`` does.
+
+Campus (mvtbdata, 20 database + 5 query photos, the demo's ground truth): the same model kind
+with clusters from the campus database and no whitening (20 images cannot fit a PCA).
+
+    OMP_NUM_THREADS=2 python benchmarks/rerank.py --work /tmp/rerank-bench        # medium town
+    python benchmarks/rerank.py --size tiny --quick                                # smoke run
+
+Prints one table per data set (recall in %, ms per query of the re-ranking alone, bytes stored
+per image) and the target line: Patch-NetVLAD's gain in recall@1 on sunset + night queries.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")  # before numpy/torch start their thread pools
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+
+@dataclasses.dataclass
+class Setting:
+    """One re-ranking to measure: a name, a ``build_reranker`` method and its options."""
+
+    label: str
+    method: str | None
+    scales: tuple[tuple[int, int], ...] = ()
+    scorer: str = "spatial"
+    weights: tuple[float, ...] | None = None
+
+
+def _settings(args) -> list[Setting]:
+    speed = ((args.speed_size, 1),)
+    multi = tuple((s, 1) for s in args.multi_sizes)
+    w = tuple(args.multi_weights) if args.multi_weights else None
+    return [
+        Setting("NetVLAD (global only)", None),
+        Setting("+ aQE (k=3, a=3)", "aqe"),
+        Setting("+ DBA (k=3, a=3)", "dba"),
+        Setting("+ k-reciprocal (k1=25)", "kreciprocal"),
+        Setting(f"+ Patch-NetVLAD speed ({args.speed_size}x{args.speed_size}, spatial)", "patch", speed),
+        Setting(f"+ Patch-NetVLAD {args.speed_size}x{args.speed_size}, RANSAC", "patch", speed, "ransac"),
+        Setting(f"+ Patch-NetVLAD multi {'/'.join(map(str, args.multi_sizes))}, spatial", "patch", multi,
+                "spatial", w),
+        Setting(f"+ Patch-NetVLAD multi {'/'.join(map(str, args.multi_sizes))}, RANSAC", "patch", multi,
+                "ransac", w),
+    ]
+
+
+def _patch_file(model, paths, names, out: Path, scales, dim, batch_size) -> tuple[Path, float]:
+    from netvlad.extract import PatchConfig, extract_patches
+
+    cfg = PatchConfig(sizes=tuple(s for s, _ in scales), strides=tuple(t for _, t in scales), dim=dim)
+    t0 = time.perf_counter()
+    extract_patches(model, paths, names, out, cfg, batch_size=batch_size, num_workers=0, progress=False)
+    return out, time.perf_counter() - t0
+
+
+def _run_settings(ds, model, db, q, work: Path, settings, args, dim) -> list[dict]:
+    """recall + timing of every setting on one dataset (db/q: global descriptors in dataset order)."""
+    from netvlad.io import PatchFile
+    from netvlad.metrics import evaluate_dataset
+    from netvlad.rerank import build_reranker
+
+    rows = []
+    files: dict[tuple, tuple[PatchFile, PatchFile, float]] = {}
+    for st in settings:
+        rr, nbytes, note = None, db.shape[1] * 4, ""
+        if st.method == "patch":
+            if st.scales not in files:
+                tag = "_".join(f"{s}-{t}" for s, t in st.scales)
+                fdb, tdb = _patch_file(model, ds.db_paths(), ds.db_images, work / f"db_{tag}.h5", st.scales,
+                                       dim, args.batch_size)
+                fq, _ = _patch_file(model, ds.query_paths(), ds.query_images, work / f"q_{tag}.h5", st.scales,
+                                    dim, args.batch_size)
+                files[st.scales] = (PatchFile(fq), PatchFile(fdb), tdb / ds.num_db)
+            qf, dbf, _ = files[st.scales]
+            rr = build_reranker("patch", top_n=args.top, query_patches=qf, db_patches=dbf,
+                                query_names=ds.query_images, db_names=ds.db_images, scorer=st.scorer,
+                                weights=st.weights)
+            nbytes = dbf.nbytes() / ds.num_db
+            note = f"{int(np.mean([len(dbf.get(i)[0][0]) for i in range(min(20, ds.num_db))]))} patches"
+        elif st.method is not None:
+            rr = build_reranker(st.method, top_n=args.top, queries=q, db=db)
+        res = evaluate_dataset(ds, db, q, ns=(1, 5, 10), rerank=rr, protocol="netvlad")
+        row = {"label": st.label, "recall": res["recall"], "by": _by_condition(res),
+               "ms": 1000 * rr.seconds / res["num_queries"] if rr is not None else 0.0,
+               "bytes": nbytes, "note": note}
+        rows.append(row)
+        print(_fmt_row(row), flush=True)
+    for qf, dbf, _ in files.values():
+        qf.close()
+        dbf.close()
+    return rows
+
+
+def _by_condition(res) -> dict[str, dict[int, float]]:
+    if "conditions" not in res:
+        return {}
+    labels = np.array(res["conditions"])
+    hits = res["hits"]
+    out = {lab: dict(zip(res["ns"], hits[labels == lab].mean(axis=0))) for lab in dict.fromkeys(labels)}
+    hard = np.isin(labels, ["sunset", "night"])
+    if hard.any():
+        out["sunset+night"] = dict(zip(res["ns"], hits[hard].mean(axis=0)))
+    return out
+
+
+def _fmt_row(row) -> str:
+    rec = " ".join(f"{100 * row['recall'][n]:5.1f}" for n in (1, 5, 10))
+    by = "  ".join(f"{k} {100 * v[1]:.1f}" for k, v in row["by"].items())
+    return (f"{row['label']:<46} R@1/5/10 {rec}  |R@1 {by}| {row['ms']:8.1f} ms/q  "
+            f"{row['bytes'] / 1e3:9.1f} kB/img")
+
+
+def _table(rows, conditions) -> str:
+    head = ["setting", "R@1", "R@5", "R@10", *[f"R@1 {c}" for c in conditions], "ms/query", "kB/image"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["label"] + (f" ({r['note']})" if r["note"] else "")]
+        cells += [f"{100 * r['recall'][n]:.1f}" for n in (1, 5, 10)]
+        cells += [f"{100 * r['by'][c][1]:.1f}" if c in r["by"] else "-" for c in conditions]
+        cells += [f"{r['ms']:.1f}", f"{r['bytes'] / 1e3:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def town(args, work: Path) -> list[dict]:
+    from netvlad.data import load_image
+    from netvlad.extract import compute_descriptors
+    from netvlad.models import create_model, init_clusters
+    from netvlad.synth import SynthConfig, generate_town
+    from netvlad.whitening import apply_whitening, fit_pca
+
+    t0 = time.perf_counter()
+    synth = SynthConfig.preset(args.size, seed=args.seed, width=args.width, height=args.height)
+    tw = generate_town(work / f"town-{args.size}-{args.width}x{args.height}", synth, progress=False)
+    train, test = tw.datasets["train"], tw.datasets["test"]
+    print(f"town: {test.num_queries} test queries, {test.num_db} test database images "
+          f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    model = create_model("lite0-netvlad")
+    init_clusters(model, train.db_paths(), max_images=args.cluster_images, loader=load_image, progress=False)
+    kw = dict(batch_size=args.batch_size, num_workers=0, progress=False)
+    train_desc = compute_descriptors(model, train.db_paths(), **kw)
+    dim = int(min(args.whiten_dim, train_desc.shape[0] - 1))
+    apply_whitening(model, fit_pca(train_desc, dim), dim)
+    t1 = time.perf_counter()
+    db = compute_descriptors(model, test.db_paths(), **kw)
+    q = compute_descriptors(model, test.query_paths(), **kw)
+    ms = 1000 * (time.perf_counter() - t1) / (test.num_db + test.num_queries)
+    print(f"model ready, {dim}-D whitened; global extraction {ms:.0f} ms/image", flush=True)
+    rows = _run_settings(test, model, db, q, work, _settings(args), args, None)
+    print(_table(rows, ["day", "overcast", "sunset", "night", "sunset+night"]))
+    return rows
+
+
+def campus(args, work: Path) -> list[dict]:
+    from netvlad.data import PlaceDataset, load_image
+    from netvlad.demo import campus_walk
+    from netvlad.extract import compute_descriptors
+    from netvlad.models import create_model, init_clusters
+
+    c = campus_walk()
+    model = create_model("lite0-netvlad")
+    init_clusters(model, c.db_paths, loader=load_image, progress=False)
+    dim = _fit_patch_whitening(model, c.db_paths, args.speed_size, args.whiten_dim)
+    print(f"campus: 20 database + 5 query photos; whitening {dim}-D fitted on database patches", flush=True)
+    ds = _campus_dataset(PlaceDataset, c, c.db_paths[0].parent)
+    kw = dict(batch_size=args.batch_size, num_workers=0, progress=False)
+    db = compute_descriptors(model, c.db_paths, **kw)
+    q = compute_descriptors(model, c.query_paths, **kw)
+    rows = _run_settings(ds, model, db, q, work / "campus", _settings(args), args, None)
+    print(_table(rows, []))
+    return rows
+
+
+def _fit_patch_whitening(model, paths, size: int, dim: int, per_image: int = 100) -> int:
+    """PCA-whitening fitted on patch descriptors of ``paths`` (20 photos are too few for a global PCA;
+    their patches are thousands of samples). Up to ``per_image`` patches per photo, seed 0."""
+    import torch
+
+    from netvlad.data import load_image
+    from netvlad.extract import patch_descriptors
+    from netvlad.whitening import apply_whitening, fit_pca
+
+    rng = np.random.default_rng(0)
+    samples = []
+    with torch.inference_mode():
+        for p in paths:
+            x = model.preprocess.apply(load_image(p))[None]
+            d = patch_descriptors(model, model.backbone(x), size, 1)[0][0].numpy()
+            samples.append(d[rng.permutation(len(d))[:per_image]])
+    x = np.concatenate(samples)
+    dim = int(min(dim, len(x) - 1))
+    apply_whitening(model, fit_pca(x, dim), dim)
+    return dim
+
+
+def _campus_dataset(PlaceDataset, c, root: Path):
+    """The campus walk as a PlaceDataset whose positives are the demo's (frames within 1)."""
+    # Frames on a line 10 m apart put exactly the frames within 1 inside a 15 m radius.
+    db_utm = np.c_[10.0 * c.db_frames, np.zeros(len(c.db_frames))]
+    q_utm = np.c_[10.0 * c.query_frames, np.zeros(len(c.query_frames))]
+    return PlaceDataset(name="campus", db_root=root, query_root=root / "holdout",
+                        db_images=[p.name for p in c.db_paths], query_images=[p.name for p in c.query_paths],
+                        db_utm=db_utm, query_utm=q_utm, pos_radius=15.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", default="medium", choices=["tiny", "small", "medium", "large"])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--width", type=int, default=320)
+    ap.add_argument("--height", type=int, default=240)
+    ap.add_argument("--whiten-dim", type=int, default=512,
+                    help="PCA-whitening dim (Patch-NetVLAD speed: 512)")
+    ap.add_argument("--cluster-images", type=int, default=200)
+    ap.add_argument("--top", type=int, default=100, help="candidates re-ranked (default 100)")
+    ap.add_argument("--speed-size", type=int, default=2, help="patch side in cells, speed setting")
+    ap.add_argument("--multi-sizes", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--multi-weights", type=float, nargs="+", default=None)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--no-campus", action="store_true")
+    ap.add_argument("--no-town", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="tiny town, smaller whitening (smoke run)")
+    ap.add_argument("--work", default=None, help="working folder (default: a temporary one, removed)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.size, args.whiten_dim, args.cluster_images = "tiny", 64, 30
+    import torch
+
+    torch.set_num_threads(2)
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="netvlad-rerank-"))
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    print(f"load average at start: {os.getloadavg()}", flush=True)
+    try:
+        if not args.no_town:
+            town(args, work)
+        if not args.no_campus:
+            (work / "campus").mkdir(exist_ok=True)
+            campus(args, work)
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"total {time.perf_counter() - t0:.0f} s; load average at end: {os.getloadavg()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
