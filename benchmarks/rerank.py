@@ -63,39 +63,57 @@ def _settings(args) -> list[Setting]:
     ]
 
 
-def _patch_file(model, paths, names, out: Path, scales, dim, batch_size) -> tuple[Path, float]:
+class _ScaleView:
+    """A patch store restricted to some of its scales (the speed setting reads one scale of the
+    multi-scale file instead of extracting it again)."""
+
+    def __init__(self, store, keep: list[int]):
+        self._store, self._keep = store, keep
+        self.scales = [store.scales[k] for k in keep]
+
+    def rows(self, names):
+        return self._store.rows(names)
+
+    def get(self, row):
+        sets = self._store.get(row)
+        return [sets[k] for k in self._keep]
+
+
+def _patch_files(model, ds, work: Path, scales, args) -> tuple:
     from netvlad.extract import PatchConfig, extract_patches
-
-    cfg = PatchConfig(sizes=tuple(s for s, _ in scales), strides=tuple(t for _, t in scales), dim=dim)
-    t0 = time.perf_counter()
-    extract_patches(model, paths, names, out, cfg, batch_size=batch_size, num_workers=0, progress=False)
-    return out, time.perf_counter() - t0
-
-
-def _run_settings(ds, model, db, q, work: Path, settings, args, dim) -> list[dict]:
-    """recall + timing of every setting on one dataset (db/q: global descriptors in dataset order)."""
     from netvlad.io import PatchFile
+
+    cfg = PatchConfig(sizes=tuple(s for s, _ in scales), strides=tuple(t for _, t in scales))
+    t0 = time.perf_counter()
+    kw = dict(batch_size=args.batch_size, num_workers=0, progress=False)
+    fdb = extract_patches(model, ds.db_paths(), ds.db_images, work / "db_patches.h5", cfg, **kw)
+    fq = extract_patches(model, ds.query_paths(), ds.query_images, work / "q_patches.h5", cfg, **kw)
+    ms = 1000 * (time.perf_counter() - t0) / (ds.num_db + ds.num_queries)
+    print(f"patch extraction (scales {scales}): {ms:.0f} ms/image", flush=True)
+    return PatchFile(fq), PatchFile(fdb)
+
+
+def _run_settings(ds, model, db, q, work: Path, settings, args) -> list[dict]:
+    """recall + timing of every setting on one dataset (db/q: global descriptors in dataset order)."""
     from netvlad.metrics import evaluate_dataset
     from netvlad.rerank import build_reranker
 
+    all_scales = sorted({sc for st in settings for sc in st.scales})
+    qf, dbf = _patch_files(model, ds, work, all_scales, args)
+    per_scale = {}  # bytes per image of each scale, from the file
+    for k, sc in enumerate(all_scales):
+        sizes = [dbf.get(i)[k][0].shape[0] for i in range(ds.num_db)]
+        per_scale[sc] = (float(np.mean(sizes)) * (dbf.dim * 2 + 4), float(np.mean(sizes)))
     rows = []
-    files: dict[tuple, tuple[PatchFile, PatchFile, float]] = {}
     for st in settings:
         rr, nbytes, note = None, db.shape[1] * 4, ""
         if st.method == "patch":
-            if st.scales not in files:
-                tag = "_".join(f"{s}-{t}" for s, t in st.scales)
-                fdb, tdb = _patch_file(model, ds.db_paths(), ds.db_images, work / f"db_{tag}.h5", st.scales,
-                                       dim, args.batch_size)
-                fq, _ = _patch_file(model, ds.query_paths(), ds.query_images, work / f"q_{tag}.h5", st.scales,
-                                    dim, args.batch_size)
-                files[st.scales] = (PatchFile(fq), PatchFile(fdb), tdb / ds.num_db)
-            qf, dbf, _ = files[st.scales]
-            rr = build_reranker("patch", top_n=args.top, query_patches=qf, db_patches=dbf,
-                                query_names=ds.query_images, db_names=ds.db_images, scorer=st.scorer,
-                                weights=st.weights)
-            nbytes = dbf.nbytes() / ds.num_db
-            note = f"{int(np.mean([len(dbf.get(i)[0][0]) for i in range(min(20, ds.num_db))]))} patches"
+            keep = [all_scales.index(sc) for sc in st.scales]
+            rr = build_reranker("patch", top_n=args.top, query_patches=_ScaleView(qf, keep),
+                                db_patches=_ScaleView(dbf, keep), query_names=ds.query_images,
+                                db_names=ds.db_images, scorer=st.scorer, weights=st.weights)
+            nbytes = sum(per_scale[sc][0] for sc in st.scales)
+            note = "+".join(f"{per_scale[sc][1]:.0f}" for sc in st.scales) + " patches"
         elif st.method is not None:
             rr = build_reranker(st.method, top_n=args.top, queries=q, db=db)
         res = evaluate_dataset(ds, db, q, ns=(1, 5, 10), rerank=rr, protocol="netvlad")
@@ -104,9 +122,8 @@ def _run_settings(ds, model, db, q, work: Path, settings, args, dim) -> list[dic
                "bytes": nbytes, "note": note}
         rows.append(row)
         print(_fmt_row(row), flush=True)
-    for qf, dbf, _ in files.values():
-        qf.close()
-        dbf.close()
+    qf.close()
+    dbf.close()
     return rows
 
 
@@ -146,26 +163,28 @@ def town(args, work: Path) -> list[dict]:
     from netvlad.extract import compute_descriptors
     from netvlad.models import create_model, init_clusters
     from netvlad.synth import SynthConfig, generate_town
-    from netvlad.whitening import apply_whitening, fit_pca
 
     t0 = time.perf_counter()
-    synth = SynthConfig.preset(args.size, seed=args.seed, width=args.width, height=args.height)
+    # Train/val queries are not used here: only the test area and the training database are rendered.
+    synth = SynthConfig.preset(args.size, seed=args.seed, width=args.width, height=args.height,
+                               n_queries={**SynthConfig.preset(args.size).n_queries, "train": 1, "val": 1})
     tw = generate_town(work / f"town-{args.size}-{args.width}x{args.height}", synth, progress=False)
     train, test = tw.datasets["train"], tw.datasets["test"]
     print(f"town: {test.num_queries} test queries, {test.num_db} test database images "
           f"({time.perf_counter() - t0:.0f} s)", flush=True)
     model = create_model("lite0-netvlad")
-    init_clusters(model, train.db_paths(), max_images=args.cluster_images, loader=load_image, progress=False)
-    kw = dict(batch_size=args.batch_size, num_workers=0, progress=False)
-    train_desc = compute_descriptors(model, train.db_paths(), **kw)
-    dim = int(min(args.whiten_dim, train_desc.shape[0] - 1))
-    apply_whitening(model, fit_pca(train_desc, dim), dim)
+    rng = np.random.default_rng(0)
+    fit_paths = [train.db_paths()[i] for i in sorted(rng.permutation(train.num_db)[:args.cluster_images])]
+    init_clusters(model, fit_paths, max_images=args.cluster_images, loader=load_image, progress=False)
+    dim = _fit_patch_whitening(model, fit_paths, args.speed_size, args.whiten_dim, per_image=args.pca_patches)
     t1 = time.perf_counter()
+    kw = dict(batch_size=args.batch_size, num_workers=0, progress=False)
     db = compute_descriptors(model, test.db_paths(), **kw)
     q = compute_descriptors(model, test.query_paths(), **kw)
     ms = 1000 * (time.perf_counter() - t1) / (test.num_db + test.num_queries)
-    print(f"model ready, {dim}-D whitened; global extraction {ms:.0f} ms/image", flush=True)
-    rows = _run_settings(test, model, db, q, work, _settings(args), args, None)
+    print(f"model ready ({time.perf_counter() - t0:.0f} s), {dim}-D whitening; global extraction "
+          f"{ms:.0f} ms/image", flush=True)
+    rows = _run_settings(test, model, db, q, work, _settings(args), args)
     print(_table(rows, ["day", "overcast", "sunset", "night", "sunset+night"]))
     return rows
 
@@ -179,20 +198,22 @@ def campus(args, work: Path) -> list[dict]:
     c = campus_walk()
     model = create_model("lite0-netvlad")
     init_clusters(model, c.db_paths, loader=load_image, progress=False)
-    dim = _fit_patch_whitening(model, c.db_paths, args.speed_size, args.whiten_dim)
+    dim = _fit_patch_whitening(model, c.db_paths, args.speed_size, args.whiten_dim, per_image=100)
     print(f"campus: 20 database + 5 query photos; whitening {dim}-D fitted on database patches", flush=True)
     ds = _campus_dataset(PlaceDataset, c, c.db_paths[0].parent)
     kw = dict(batch_size=args.batch_size, num_workers=0, progress=False)
     db = compute_descriptors(model, c.db_paths, **kw)
     q = compute_descriptors(model, c.query_paths, **kw)
-    rows = _run_settings(ds, model, db, q, work / "campus", _settings(args), args, None)
+    rows = _run_settings(ds, model, db, q, work / "campus", _settings(args), args)
     print(_table(rows, []))
     return rows
 
 
 def _fit_patch_whitening(model, paths, size: int, dim: int, per_image: int = 100) -> int:
-    """PCA-whitening fitted on patch descriptors of ``paths`` (20 photos are too few for a global PCA;
-    their patches are thousands of samples). Up to ``per_image`` patches per photo, seed 0."""
+    """PCA-whitening fitted on patch descriptors of ``paths``, up to ``per_image`` per image (seed 0).
+
+    Why patches: the campus has 20 database photos, too few for a 512-D PCA of global descriptors,
+    but thousands of patches; on the town it spares a pass over the training database."""
     import torch
 
     from netvlad.data import load_image
@@ -230,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--height", type=int, default=240)
     ap.add_argument("--whiten-dim", type=int, default=512,
                     help="PCA-whitening dim (Patch-NetVLAD speed: 512)")
-    ap.add_argument("--cluster-images", type=int, default=200)
+    ap.add_argument("--cluster-images", type=int, default=200,
+                    help="training-database images for the clusters and the PCA (default 200)")
+    ap.add_argument("--pca-patches", type=int, default=10, help="patches per image for the PCA fit")
     ap.add_argument("--top", type=int, default=100, help="candidates re-ranked (default 100)")
     ap.add_argument("--speed-size", type=int, default=2, help="patch side in cells, speed setting")
     ap.add_argument("--multi-sizes", type=int, nargs="+", default=[1, 2, 3])

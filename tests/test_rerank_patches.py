@@ -183,3 +183,27 @@ def test_cli_rerank_errors(model, dataset, tmp_path, capsys):
     assert main(["extract", str(ckpt), "--dataset", str(csv), "--out", str(tmp_path / "g.h5"),
                  "--patch-sizes", "2"]) == 2
     assert "go with --patches" in capsys.readouterr().err
+
+
+def test_cli_query_rerank(model, dataset, tmp_path, capsys):
+    csv, root = dataset
+    ckpt = save_model(model, tmp_path / "m.pt")
+    assert main(["extract", str(ckpt), "--dataset", str(csv), "--image-root", str(root), "--split", "db",
+                 "--out", str(tmp_path / "db.h5"), "--workers", "0", "--no-progress", "--patches",
+                 "--patch-sizes", "1", "2", "--patch-dim", "16"]) == 0, capsys.readouterr().err
+    assert main(["index", "build", str(tmp_path / "db.h5"), "--out", str(tmp_path / "i.idx"), "--type",
+                 "exact", "--dataset", str(csv)]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    q = ["query", str(tmp_path / "i.idx"), str(root / "im3.png"), "--k", "2", "--json",
+         "--no-exif-orientation"]
+    patches = ["--rerank", "patch", "--db-patches", str(tmp_path / "db.patches.h5")]
+    for extra in (patches, patches + ["--patch-scorer", "ransac"],
+                  ["--rerank", "dba", "--db-features", str(tmp_path / "db.h5"), "--rerank-top", "4"]):
+        assert main(q + extra) == 0, capsys.readouterr().err
+        out = json.loads(capsys.readouterr().out)
+        assert [r["rank"] for r in out[0]["results"]] == [1, 2]
+        assert out[0]["results"][0]["name"] == "im3.png"  # the photo is database image im3 itself
+    assert main(q + ["--rerank", "patch"]) == 2
+    assert "--rerank patch needs --db-patches FILE" in capsys.readouterr().err
+    assert main(q + ["--rerank", "aqe"]) == 2
+    assert "--rerank aqe needs --db-features FILE" in capsys.readouterr().err

@@ -270,8 +270,9 @@ def read_feature_file(path: Path, names_file: Path | None, flag: str, dim: int |
     return load_global_features(path, dim=dim, names=names, names_from=names_from)
 
 
-def add_rerank_options(p, patches_help: str = "default: --db with .patches before .h5") -> None:
-    """--rerank, --rerank-top, --patch-scorer, --db-patches, --query-patches (evaluate and query)."""
+def add_rerank_options(p, query: bool = False) -> None:
+    """--rerank, --rerank-top, --patch-scorer, --db-patches and (evaluate) --query-patches or (query)
+    --db-features."""
     from netvlad.rerank import DEFAULT_TOP_N, METHODS, SCORERS
 
     p.add_argument("--rerank", choices=METHODS, help="re-rank the top --rerank-top candidates: patch "
@@ -281,8 +282,14 @@ def add_rerank_options(p, patches_help: str = "default: --db with .patches befor
                    help=f"candidates re-ranked per query (default: {DEFAULT_TOP_N})")
     p.add_argument("--patch-scorer", choices=SCORERS, default="spatial",
                    help="--rerank patch: rapid spatial scoring (fast) or RANSAC (default: spatial)")
+    if query:
+        p.add_argument("--db-patches", type=Path, metavar="FILE", help="--rerank patch: the database's patch "
+                       "features (`netvlad extract --patches` over the images the index was built from)")
+        p.add_argument("--db-features", type=Path, metavar="FEATS", help="--rerank aqe|dba|kreciprocal: the "
+                       "database feature file the index was built from")
+        return
     p.add_argument("--db-patches", type=Path, metavar="FILE",
-                   help=f"database patch features ({patches_help})")
+                   help="database patch features (default: --db with .patches before .h5)")
     p.add_argument("--query-patches", type=Path, metavar="FILE",
                    help="query patch features (default: --queries with .patches before .h5)")
 
@@ -325,6 +332,45 @@ def make_reranker(args, query_names, db_names, q, db):
                               query_names=query_names, db_names=db_names, scorer=args.patch_scorer)
     except (ValueError, FeatureFileError) as exc:
         raise CLIError(str(exc)) from None
+
+
+def rerank_photos(args, index, model, settings: dict, prior) -> list[dict]:
+    """`netvlad query --rerank`: describe the photos, search the top --rerank-top, re-rank, keep --k."""
+    from netvlad.extract import PatchConfig, compute_patches
+    from netvlad.io import align_features, load_global_features
+    from netvlad.rerank import MemoryPatchStore, build_reranker, rerank_results
+    from netvlad.serve import describe_images, index_max_side, localize_descriptors
+
+    if args.rerank_top < 1:
+        raise CLIError(f"--rerank-top must be >= 1, got {args.rerank_top}")
+    if index.names is None:
+        raise CLIError(f"{args.index} stores no image names: re-ranking needs them")
+    need = "--db-patches" if args.rerank == "patch" else "--db-features"
+    if getattr(args, need[2:].replace("-", "_")) is None:
+        raise CLIError(f"--rerank {args.rerank} needs {need} FILE (see --help)")
+    labels = [str(p) for p in args.images]
+    max_side = index_max_side(index)
+    desc = describe_images(model, args.images, args.device, args.batch_size, max_side, **settings)
+    res = localize_descriptors(index, desc, max(args.k, args.rerank_top), labels, [prior] * len(labels))
+    if args.rerank != "patch":
+        db = align_features(load_global_features(args.db_features), index.names, "database")
+        return rerank_results(res, build_reranker(args.rerank, top_n=args.rerank_top, queries=desc, db=db),
+                              args.k)
+    dbf = open_patch_file(args.db_patches, "--db-patches")
+    if dbf.attrs.get("fingerprint") != model.fingerprint():
+        raise CLIError(f"{args.db_patches} was written by another model than {args.model or 'the index'}'s")
+    whitened = getattr(model, "whitening", None) is not None and dbf.dim < model.out_dim
+    cfg = PatchConfig(sizes=tuple(s for s, _ in dbf.scales), strides=tuple(t for _, t in dbf.scales),
+                      dim=dbf.dim if whitened else None)
+    photos = compute_patches(model, args.images, cfg, device=args.device, max_side=max_side, num_workers=0,
+                             progress=False, **{"exif_orientation": True, **settings})
+    store = MemoryPatchStore(labels, photos, dbf.scales)
+    rr = build_reranker("patch", top_n=args.rerank_top, query_patches=store, db_patches=dbf,
+                        query_names=labels, db_names=index.names, scorer=args.patch_scorer)
+    try:
+        return rerank_results(res, rr, args.k)
+    finally:
+        dbf.close()
 
 
 def add_mixed_models_flag(p) -> None:

@@ -32,6 +32,7 @@ from netvlad.extract.config import (
 from netvlad.extract.patches import (
     PATCH_PRESETS,
     PatchConfig,
+    compute_patches,
     estimate_patch_bytes,
     extract_patches,
     patch_descriptors,
@@ -66,6 +67,7 @@ __all__ = [
     "PatchConfig",
     "ShardPlan",
     "compute_descriptors",
+    "compute_patches",
     "compute_representation",
     "default_num_workers",
     "estimate_forward_bytes",
