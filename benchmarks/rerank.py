@@ -79,27 +79,60 @@ class _ScaleView:
         return [sets[k] for k in self._keep]
 
 
-def _patch_files(model, ds, work: Path, scales, args) -> tuple:
-    from netvlad.extract import PatchConfig, extract_patches
+def _one_pass(model, paths, names, out: Path, scales, batch_size: int) -> np.ndarray:
+    """Global descriptors (returned, N×D) and patch features (into ``out``) from one backbone pass per
+    image: the machine is shared, and extract_features + extract_patches would run it twice. The
+    patch file is the one ``extract_patches`` writes (same writer, same maths; tested apart)."""
+    import torch
+
+    from netvlad.data import load_image
+    from netvlad.extract import patch_descriptors
+    from netvlad.io import PatchWriter
+    from netvlad.layers import whole_l2n
+
+    glob_path = out.with_suffix(".global.npy")
+    if out.exists() and glob_path.exists():
+        return np.load(glob_path)
+    writer = PatchWriter(out, names, scales, int(model.out_dim), "float16",
+                         {"fingerprint": model.fingerprint(), "preprocessing": {}}, overwrite=True)
+    writer.open()
+    glob = np.zeros((len(paths), int(model.out_dim)), np.float32)
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(paths), batch_size):
+            rows = list(range(start, min(start + batch_size, len(paths))))
+            x = torch.stack([model.preprocess.apply(load_image(paths[i])) for i in rows])
+            fmap = model.backbone(x.contiguous(memory_format=torch.channels_last))
+            g = model.head(fmap)
+            if model.whitening is not None:  # as PlaceModel.forward: WPCA, then L2
+                g = whole_l2n(model.whitening(g))
+            glob[rows] = g.numpy()
+            per = [patch_descriptors(model, fmap, s, t) for s, t in scales]
+            for j, i in enumerate(rows):
+                writer.write(i, [(d[j].numpy(), pos) for d, pos in per], tuple(fmap.shape[2:]))
+    writer.finish()
+    np.save(glob_path, glob)
+    return glob
+
+
+def _extract(model, ds, work: Path, scales, args) -> tuple:
     from netvlad.io import PatchFile
 
-    cfg = PatchConfig(sizes=tuple(s for s, _ in scales), strides=tuple(t for _, t in scales))
     t0 = time.perf_counter()
-    kw = dict(batch_size=args.batch_size, num_workers=0, progress=False)
-    fdb = extract_patches(model, ds.db_paths(), ds.db_images, work / "db_patches.h5", cfg, **kw)
-    fq = extract_patches(model, ds.query_paths(), ds.query_images, work / "q_patches.h5", cfg, **kw)
+    db = _one_pass(model, ds.db_paths(), ds.db_images, work / "db_patches.h5", scales, args.batch_size)
+    q = _one_pass(model, ds.query_paths(), ds.query_images, work / "q_patches.h5", scales, args.batch_size)
     ms = 1000 * (time.perf_counter() - t0) / (ds.num_db + ds.num_queries)
-    print(f"patch extraction (scales {scales}): {ms:.0f} ms/image", flush=True)
-    return PatchFile(fq), PatchFile(fdb)
+    print(f"global + patch extraction (scales {scales}), one pass: {ms:.0f} ms/image", flush=True)
+    return db, q, PatchFile(work / "q_patches.h5"), PatchFile(work / "db_patches.h5")
 
 
-def _run_settings(ds, model, db, q, work: Path, settings, args) -> list[dict]:
-    """recall + timing of every setting on one dataset (db/q: global descriptors in dataset order)."""
+def _run_settings(ds, model, work: Path, settings, args) -> list[dict]:
+    """recall + timing of every setting on one dataset."""
     from netvlad.metrics import evaluate_dataset
     from netvlad.rerank import build_reranker
 
     all_scales = sorted({sc for st in settings for sc in st.scales})
-    qf, dbf = _patch_files(model, ds, work, all_scales, args)
+    db, q, qf, dbf = _extract(model, ds, work, all_scales, args)
     per_scale = {}  # bytes per image of each scale, from the file
     for k, sc in enumerate(all_scales):
         sizes = [dbf.get(i)[k][0].shape[0] for i in range(ds.num_db)]
@@ -160,7 +193,6 @@ def _table(rows, conditions) -> str:
 
 def town(args, work: Path) -> list[dict]:
     from netvlad.data import load_image
-    from netvlad.extract import compute_descriptors
     from netvlad.models import create_model, init_clusters
     from netvlad.synth import SynthConfig, generate_town
 
@@ -177,14 +209,8 @@ def town(args, work: Path) -> list[dict]:
     fit_paths = [train.db_paths()[i] for i in sorted(rng.permutation(train.num_db)[:args.cluster_images])]
     init_clusters(model, fit_paths, max_images=args.cluster_images, loader=load_image, progress=False)
     dim = _fit_patch_whitening(model, fit_paths, args.speed_size, args.whiten_dim, per_image=args.pca_patches)
-    t1 = time.perf_counter()
-    kw = dict(batch_size=args.batch_size, num_workers=0, progress=False)
-    db = compute_descriptors(model, test.db_paths(), **kw)
-    q = compute_descriptors(model, test.query_paths(), **kw)
-    ms = 1000 * (time.perf_counter() - t1) / (test.num_db + test.num_queries)
-    print(f"model ready ({time.perf_counter() - t0:.0f} s), {dim}-D whitening; global extraction "
-          f"{ms:.0f} ms/image", flush=True)
-    rows = _run_settings(test, model, db, q, work, _settings(args), args)
+    print(f"model ready ({time.perf_counter() - t0:.0f} s), {dim}-D whitening", flush=True)
+    rows = _run_settings(test, model, work, _settings(args), args)
     print(_table(rows, ["day", "overcast", "sunset", "night", "sunset+night"]))
     return rows
 
@@ -192,7 +218,6 @@ def town(args, work: Path) -> list[dict]:
 def campus(args, work: Path) -> list[dict]:
     from netvlad.data import PlaceDataset, load_image
     from netvlad.demo import campus_walk
-    from netvlad.extract import compute_descriptors
     from netvlad.models import create_model, init_clusters
 
     c = campus_walk()
@@ -201,10 +226,7 @@ def campus(args, work: Path) -> list[dict]:
     dim = _fit_patch_whitening(model, c.db_paths, args.speed_size, args.whiten_dim, per_image=100)
     print(f"campus: 20 database + 5 query photos; whitening {dim}-D fitted on database patches", flush=True)
     ds = _campus_dataset(PlaceDataset, c, c.db_paths[0].parent)
-    kw = dict(batch_size=args.batch_size, num_workers=0, progress=False)
-    db = compute_descriptors(model, c.db_paths, **kw)
-    q = compute_descriptors(model, c.query_paths, **kw)
-    rows = _run_settings(ds, model, db, q, work / "campus", _settings(args), args)
+    rows = _run_settings(ds, model, work / "campus", _settings(args), args)
     print(_table(rows, []))
     return rows
 

@@ -136,6 +136,7 @@ def dataset(images, tmp_path):
     return tmp_path / "ds.csv", root
 
 
+@pytest.mark.slow
 def test_cli_extract_patches_then_evaluate_rerank(model, dataset, tmp_path, capsys):
     csv, root = dataset
     ckpt = save_model(model, tmp_path / "m.pt")
@@ -185,6 +186,7 @@ def test_cli_rerank_errors(model, dataset, tmp_path, capsys):
     assert "go with --patches" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_query_rerank(model, dataset, tmp_path, capsys):
     csv, root = dataset
     ckpt = save_model(model, tmp_path / "m.pt")
