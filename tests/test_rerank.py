@@ -23,6 +23,7 @@ from netvlad.rerank import (
     build_reranker,
     dba,
     fuse_scales,
+    homographies,
     k_reciprocal,
     mutual_nn,
     ransac_inliers,
@@ -138,6 +139,17 @@ def test_spatial_score_equals_loops(stride, seed):
     assert spatial_score(q_pos, d_pos, qi[:0], di[:0], stride) == 0.0
 
 
+def test_homographies_map_their_points():
+    rng = np.random.default_rng(5)
+    src = rng.uniform(0, 10, (6, 4, 2))
+    dst = rng.uniform(0, 10, (6, 4, 2))
+    h = homographies(src, dst)
+    p = np.einsum("mij,mnj->mni", h, np.concatenate([src, np.ones((6, 4, 1))], axis=2))
+    np.testing.assert_allclose(p[..., :2] / p[..., 2:], dst, atol=1e-8)
+    naive = np.stack([_homography_naive(a, b) for a, b in zip(src, dst)])
+    np.testing.assert_allclose(h, naive / naive[:, 2:, 2:], rtol=1e-6, atol=1e-8)
+
+
 def _homography_naive(src, dst):
     a = []
     for (x, y), (u, v) in zip(src, dst):
@@ -146,9 +158,18 @@ def _homography_naive(src, dst):
     return np.linalg.svd(np.array(a, float))[2][-1].reshape(3, 3)
 
 
+def _collinear_naive(pts):
+    for a, b, c in itertools.combinations(pts, 3):
+        if abs((b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0])) < 1e-9:
+            return True
+    return False
+
+
 def _ransac_naive(src, dst, thr):
     best = 0
     for comb in itertools.combinations(range(len(src)), 4):
+        if _collinear_naive(src[list(comb)]) or _collinear_naive(dst[list(comb)]):
+            continue
         h = _homography_naive(src[list(comb)], dst[list(comb)])
         count = 0
         for (x, y), (u, v) in zip(src, dst):
@@ -163,13 +184,16 @@ def _ransac_naive(src, dst, thr):
 def test_ransac_exhaustive_equals_naive_search(seed):
     rng = np.random.default_rng(seed)
     src = rng.uniform(0, 20, (8, 2))
+    src[:3, 1] = 4.0  # three collinear points: samples holding them are skipped by both
     h = np.array([[1.05, 0.02, 3.0], [-0.03, 0.97, -2.0], [1e-3, 2e-3, 1.0]])
     p = np.c_[src, np.ones(8)] @ h.T
     dst = p[:, :2] / p[:, 2:]
     dst[5:] += rng.uniform(5, 9, (3, 2))  # three outliers
-    mask = ransac_inliers(src, dst, 1.5, max_iters=1000)
+    mask = ransac_inliers(src, dst, 1.5, exhaustive=True)
     assert mask.sum() == _ransac_naive(src, dst, 1.5)
     assert mask[:5].all()
+    # Sampled with early stopping: the planted homography's 5 inliers are found too.
+    assert ransac_inliers(src, dst, 1.5, max_iters=500, exhaustive=False).sum() == mask.sum()
 
 
 def test_ransac_sampled_finds_planted_homography_and_score():

@@ -73,6 +73,7 @@ def register(sub) -> None:
     p.add_argument("--sample", type=int, metavar="N", help="evaluate N queries drawn with seed 43")
     add_protocol_options(p)
     add_mixed_models_flag(p)
+    add_rerank_options(p)
     p.add_argument("--report", type=Path, metavar="R.json", help="write summary + per-query ranks and hits")
     p.add_argument("--plot", type=Path, metavar="R.png", help="write the recall@N curve")
     p.add_argument("--html", type=Path, metavar="DIR",
@@ -267,6 +268,109 @@ def read_feature_file(path: Path, names_file: Path | None, flag: str, dim: int |
         raise CLIError(f"{path}: a {'.npy' if where else '.bin'} file stores no image names: give "
                        f"{flag} FILE, the image list its rows follow{where}, one name per line")
     return load_global_features(path, dim=dim, names=names, names_from=names_from)
+
+
+def add_rerank_options(p, query: bool = False) -> None:
+    """--rerank, --rerank-top, --patch-scorer, --db-patches and (evaluate) --query-patches or (query)
+    --db-features."""
+    from netvlad.rerank import DEFAULT_TOP_N, METHODS, SCORERS
+
+    p.add_argument("--rerank", choices=METHODS, help="re-rank the top --rerank-top candidates: patch "
+                   "(Patch-NetVLAD: patch features from `netvlad extract --patches`), aqe (query expansion), "
+                   "dba (database-side augmentation), kreciprocal (k-reciprocal, OpenIBL's settings)")
+    p.add_argument("--rerank-top", type=int, default=DEFAULT_TOP_N, metavar="N",
+                   help=f"candidates re-ranked per query (default: {DEFAULT_TOP_N})")
+    p.add_argument("--patch-scorer", choices=SCORERS, default="spatial",
+                   help="--rerank patch: rapid spatial scoring (fast) or RANSAC (default: spatial)")
+    if query:
+        p.add_argument("--db-patches", type=Path, metavar="FILE", help="--rerank patch: the database's patch "
+                       "features (`netvlad extract --patches` over the images the index was built from)")
+        p.add_argument("--db-features", type=Path, metavar="FEATS", help="--rerank aqe|dba|kreciprocal: the "
+                       "database feature file the index was built from")
+        return
+    p.add_argument("--db-patches", type=Path, metavar="FILE",
+                   help="database patch features (default: --db with .patches before .h5)")
+    p.add_argument("--query-patches", type=Path, metavar="FILE",
+                   help="query patch features (default: --queries with .patches before .h5)")
+
+
+def open_patch_file(path: Path, flag: str):
+    """A netvlad.io.PatchFile, or a one-line CLIError naming the file and the fix."""
+    from netvlad.io import FeatureFileError, PatchFile
+
+    if not path.is_file():
+        raise CLIError(f"{path}: no patch features there ({flag}); write them with `netvlad extract "
+                       "--patches` or name the file with " + flag)
+    try:
+        return PatchFile(path)
+    except (FeatureFileError, OSError) as exc:
+        raise CLIError(str(exc)) from None
+
+
+def make_reranker(args, query_names, db_names, q, db):
+    """The re-ranker of --rerank (None without it); q, db: the global descriptors, as ranked."""
+    from netvlad.extract import patch_file_for
+    from netvlad.io import FeatureFileError
+    from netvlad.rerank import build_reranker
+
+    if args.rerank is None:
+        if args.db_patches or args.query_patches:
+            raise CLIError("--db-patches and --query-patches go with --rerank patch")
+        return None
+    if args.rerank_top < 1:
+        raise CLIError(f"--rerank-top must be >= 1, got {args.rerank_top}")
+    if args.rerank != "patch":
+        return build_reranker(args.rerank, top_n=args.rerank_top, queries=q, db=db)
+    dbf = open_patch_file(args.db_patches or patch_file_for(args.db), "--db-patches")
+    qpath = args.query_patches or patch_file_for(getattr(args, "queries", None) or args.db)
+    qf = dbf if qpath == dbf.path else open_patch_file(qpath, "--query-patches")
+    if dbf.attrs.get("fingerprint") != qf.attrs.get("fingerprint") and not args.allow_mixed_models:
+        raise CLIError(f"{qf.path} and {dbf.path} were written by different models; pass "
+                       "--allow-mixed-models to compare them anyway")
+    try:
+        return build_reranker("patch", top_n=args.rerank_top, query_patches=qf, db_patches=dbf,
+                              query_names=query_names, db_names=db_names, scorer=args.patch_scorer)
+    except (ValueError, FeatureFileError) as exc:
+        raise CLIError(str(exc)) from None
+
+
+def rerank_photos(args, index, model, settings: dict, prior) -> list[dict]:
+    """`netvlad query --rerank`: describe the photos, search the top --rerank-top, re-rank, keep --k."""
+    from netvlad.extract import PatchConfig, compute_patches
+    from netvlad.io import align_features, load_global_features
+    from netvlad.rerank import MemoryPatchStore, build_reranker, rerank_results
+    from netvlad.serve import describe_images, index_max_side, localize_descriptors
+
+    if args.rerank_top < 1:
+        raise CLIError(f"--rerank-top must be >= 1, got {args.rerank_top}")
+    if index.names is None:
+        raise CLIError(f"{args.index} stores no image names: re-ranking needs them")
+    need = "--db-patches" if args.rerank == "patch" else "--db-features"
+    if getattr(args, need[2:].replace("-", "_")) is None:
+        raise CLIError(f"--rerank {args.rerank} needs {need} FILE (see --help)")
+    labels = [str(p) for p in args.images]
+    max_side = index_max_side(index)
+    desc = describe_images(model, args.images, args.device, args.batch_size, max_side, **settings)
+    res = localize_descriptors(index, desc, max(args.k, args.rerank_top), labels, [prior] * len(labels))
+    if args.rerank != "patch":
+        db = align_features(load_global_features(args.db_features), index.names, "database")
+        return rerank_results(res, build_reranker(args.rerank, top_n=args.rerank_top, queries=desc, db=db),
+                              args.k)
+    dbf = open_patch_file(args.db_patches, "--db-patches")
+    if dbf.attrs.get("fingerprint") != model.fingerprint():
+        raise CLIError(f"{args.db_patches} was written by another model than {args.model or 'the index'}'s")
+    whitened = getattr(model, "whitening", None) is not None and dbf.dim < model.out_dim
+    cfg = PatchConfig(sizes=tuple(s for s, _ in dbf.scales), strides=tuple(t for _, t in dbf.scales),
+                      dim=dbf.dim if whitened else None)
+    photos = compute_patches(model, args.images, cfg, device=args.device, max_side=max_side, num_workers=0,
+                             progress=False, **{"exif_orientation": True, **settings})
+    store = MemoryPatchStore(labels, photos, dbf.scales)
+    rr = build_reranker("patch", top_n=args.rerank_top, query_patches=store, db_patches=dbf,
+                        query_names=labels, db_names=index.names, scorer=args.patch_scorer)
+    try:
+        return rerank_results(res, rr, args.k)
+    finally:
+        dbf.close()
 
 
 def add_mixed_models_flag(p) -> None:
@@ -473,10 +577,17 @@ def run_evaluate(args) -> int:
                            "--predictions P.txt to write the challenge's prediction file")
         print(f"{ds.name}: no coordinates (the challenge server holds the ground truth): no recall here")
         return 0
-    res = evaluate_dataset(ds, db, q, ns=ns, crop_dim=args.crop_dim, sample=args.sample,
+    from netvlad.metrics import crop_to_dim
+
+    rerank = make_reranker(args, ds.query_images, ds.db_images, crop_to_dim(q, args.crop_dim),
+                           crop_to_dim(db, args.crop_dim))
+    res = evaluate_dataset(ds, db, q, ns=ns, crop_dim=args.crop_dim, sample=args.sample, rerank=rerank,
                            protocol=args.protocol)
     label = args.label or f"{ds.name} ({args.db.name}{f', {args.crop_dim}-D' if args.crop_dim else ''})"
     print(f"{label}: {res['num_queries']} queries, {res['num_db']} database images, {res['dim']}-D")
+    if rerank is not None:
+        print(f"re-ranked the top {rerank.top_n} with {args.rerank}: "
+              f"{1000 * rerank.seconds / max(res['num_queries'], 1):.1f} ms per query")
     for line in bad_descriptor_lines(res, ds):
         print(line)
     print(format_recall_table(res["recall"], res.get("by_condition")))

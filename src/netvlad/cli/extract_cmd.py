@@ -89,8 +89,50 @@ def register(sub) -> None:
                    "Shards are whole batches dealt by image size, so the merged file equals a single "
                    "run's. Under torchrun (WORLD_SIZE > 1) each rank takes its shard and rank 0 merges "
                    "by itself: no --shard needed")
+    add_patch_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+
+
+def add_patch_options(p) -> None:
+    """--patches [PRESET], --patch-sizes, --patch-strides, --patch-dim (Patch-NetVLAD features)."""
+    from netvlad.extract import PATCH_PRESETS
+
+    p.add_argument("--patches", nargs="?", const="speed", choices=tuple(PATCH_PRESETS), metavar="PRESET",
+                   help="also write Patch-NetVLAD patch features (for evaluate --rerank patch) next to each "
+                   "output, OUT.patches.h5 (feats_db.h5 -> feats_db.patches.h5): NetVLAD over sliding "
+                   "windows of the feature map, whitened with the model's PCA when it has one. PRESET: "
+                   "speed (5x5 cells, stride 1; the default) or performance (2x2, 5x5, 8x8). A storage "
+                   "estimate is printed first; resumable like the global features")
+    p.add_argument("--patch-sizes", type=int, nargs="+", metavar="N",
+                   help="window sides in feature-map cells (overrides the preset)")
+    p.add_argument("--patch-strides", type=int, nargs="+", metavar="N", help="window steps, one per size "
+                   "(default: 1 each)")
+    p.add_argument("--patch-dim", type=int, metavar="D", help="keep the first D whitened dimensions (the "
+                   "paper's num_pcs; needs a model with PCA-whitening)")
+
+
+def patch_settings(args):
+    """The PatchConfig of --patches/--patch-* (None without --patches)."""
+    from netvlad.extract import PatchConfig
+
+    given = args.patch_sizes or args.patch_strides or args.patch_dim is not None
+    if args.patches is None:
+        if given:
+            raise CLIError("--patch-sizes, --patch-strides and --patch-dim go with --patches")
+        return None
+    over = {}
+    if args.patch_sizes:
+        over["sizes"] = tuple(args.patch_sizes)
+        over["strides"] = tuple(args.patch_strides or [1] * len(args.patch_sizes))
+    elif args.patch_strides:
+        over["strides"] = tuple(args.patch_strides)
+    if args.patch_dim is not None:
+        over["dim"] = args.patch_dim
+    try:
+        return PatchConfig.preset(args.patches, **over)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def add_image_options(p, exif_default: str, oversize: bool = True) -> None:
@@ -254,6 +296,9 @@ def run(args) -> int:
                             **image_settings(args, exif_default=args.images is not None))
     except ValueError as exc:
         raise CLIError(str(exc)) from None
+    patches = patch_settings(args)
+    if patches is not None and (shard is not None or world > 1):
+        raise CLIError("--patches runs in one process: not with --shard or torchrun")
     jobs = _jobs(args)
     for paths, _, out in jobs:
         _check_output(args, out, paths)
@@ -299,4 +344,23 @@ def run(args) -> int:
         print(f"{out}: {state}, {attrs['num_images']} images, {attrs['dim']}-D {attrs['dtype']}"
               + (f", {len(bad)} bad image(s) skipped: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}"
                  if bad else ""))
+        if patches is not None:
+            _extract_patches(args, model, paths, names, out, patches, cfg)
     return 0
+
+
+def _extract_patches(args, model, paths, names, out: Path, patches, cfg) -> None:
+    from netvlad.extract import estimate_patch_bytes, extract_patches, patch_file_for
+
+    target = patch_file_for(out)
+    _check_output(args, target, paths)
+    est = estimate_patch_bytes(model, paths, patches, cfg)
+    print(f"{target}: patch features of {len(paths)} images, scales {patches.scales}: about "
+          f"{est / 1e6:.1f} MB ({est / max(len(paths), 1) / 1e3:.1f} kB per image)")
+    statuses = []
+    try:
+        extract_patches(model, paths, names, target, patches, cfg, on_status=statuses.append)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    state = "up to date" if statuses[0].kind == "up-to-date" else "wrote"
+    print(f"{target}: {state}, {len(paths)} images")

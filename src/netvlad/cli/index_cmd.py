@@ -116,6 +116,9 @@ def register(sub) -> None:
     from netvlad.cli.extract_cmd import add_image_options
 
     add_image_options(q, exif_default="on: a phone photo is described upright")
+    from netvlad.cli.eval_cmd import add_rerank_options
+
+    add_rerank_options(q, query=True)
     q.set_defaults(func=run_query)
 
 
@@ -389,8 +392,13 @@ def run_query(args) -> int:
     from netvlad.cli.extract_cmd import image_settings
 
     # Describe the photos at the resolution the database was extracted at.
-    res = search_images(index, model, list(args.images), args.k, args.device, args.batch_size,
-                        index_max_side(index), prior=prior, **image_settings(args, exif_default=True))
+    if args.rerank:
+        from netvlad.cli.eval_cmd import rerank_photos
+
+        res = rerank_photos(args, index, model, image_settings(args, exif_default=True), prior)
+    else:
+        res = search_images(index, model, list(args.images), args.k, args.device, args.batch_size,
+                            index_max_side(index), prior=prior, **image_settings(args, exif_default=True))
     if args.html is not None:
         from netvlad.serve.report import write_query_report
 

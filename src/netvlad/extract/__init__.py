@@ -32,9 +32,11 @@ from netvlad.extract.config import (
 from netvlad.extract.patches import (
     PATCH_PRESETS,
     PatchConfig,
+    compute_patches,
     estimate_patch_bytes,
     extract_patches,
     patch_descriptors,
+    patch_file_for,
     patch_positions,
 )
 from netvlad.extract.run import (
@@ -65,6 +67,7 @@ __all__ = [
     "PatchConfig",
     "ShardPlan",
     "compute_descriptors",
+    "compute_patches",
     "compute_representation",
     "default_num_workers",
     "estimate_forward_bytes",
@@ -79,6 +82,7 @@ __all__ = [
     "merge_shards",
     "parse_shard",
     "patch_descriptors",
+    "patch_file_for",
     "patch_positions",
     "plan_batches",
     "plan_shards",

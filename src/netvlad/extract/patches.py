@@ -45,8 +45,8 @@ from netvlad.layers import NetVLAD, whole_l2n
 
 logger = logging.getLogger("netvlad.extract")
 
-__all__ = ["PATCH_PRESETS", "PatchConfig", "estimate_patch_bytes", "extract_patches", "patch_descriptors",
-           "patch_positions"]
+__all__ = ["PATCH_PRESETS", "PatchConfig", "compute_patches", "estimate_patch_bytes", "extract_patches",
+           "patch_descriptors", "patch_file_for", "patch_positions"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +90,13 @@ PATCH_PRESETS = {
     "speed": PatchConfig(sizes=(5,), strides=(1,)),
     "performance": PatchConfig(sizes=(2, 5, 8), strides=(1, 1, 1)),
 }
+
+
+def patch_file_for(features: str | Path) -> Path:
+    """Where ``netvlad extract --patches`` puts the patch file of a global feature file:
+    ``feats_db.h5`` → ``feats_db.patches.h5``."""
+    features = Path(features)
+    return features.with_name(f"{features.stem}.patches.h5")
 
 
 def patch_positions(height: int, width: int, size: int, stride: int) -> np.ndarray:
@@ -292,3 +299,26 @@ def extract_patches(model, paths: Sequence[str | Path], names: Sequence[str], ou
         writer.close()
         raise
     return writer.finish()
+
+
+def compute_patches(model, paths: Sequence[str | Path], patches: PatchConfig | None = None,
+                    config: ExtractConfig | None = None, **overrides) -> list:
+    """Patch features of a few images in memory (a user's photos for ``netvlad query --rerank patch``).
+
+    Returns:
+        per image, per scale (descriptors P×D float32, positions P×2 int64), as a patch file stores
+        them. A bad image raises ImageLoadError (or, with ``skip_bad``, gets empty patch sets).
+    """
+    cfg = dataclasses.replace(config or ExtractConfig(), **overrides)
+    patches = patches or PATCH_PRESETS["speed"]
+    paths = [Path(p) for p in paths]
+    _check_model(model)
+    dim = int(model.out_dim if patches.dim is None else patches.dim)
+    empty = [(np.zeros((0, dim), np.float32), np.zeros((0, 2), np.int64))] * len(patches.scales)
+    out: list = [empty] * len(paths)
+    with contextlib.closing(_iter_patches(model, paths, np.ones(len(paths), bool), cfg, patches,
+                                          "patches")) as items:
+        for row, sets, _ in items:
+            if sets is not None:
+                out[row] = [(d.astype(np.float32), p.astype(np.int64)) for d, p in sets]
+    return out

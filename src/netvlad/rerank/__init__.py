@@ -39,7 +39,14 @@ from netvlad.rerank.matching import (
     ransac_score,
     spatial_score,
 )
-from netvlad.rerank.patch import PERFORMANCE_WEIGHTS, SCORERS, PatchMatchConfig, PatchReranker, patch_scores
+from netvlad.rerank.patch import (
+    PERFORMANCE_WEIGHTS,
+    SCORERS,
+    MemoryPatchStore,
+    PatchMatchConfig,
+    PatchReranker,
+    patch_scores,
+)
 
 __all__ = [
     "DEFAULT_TOP_N",
@@ -48,6 +55,7 @@ __all__ = [
     "PERFORMANCE_WEIGHTS",
     "SCORERS",
     "GlobalReranker",
+    "MemoryPatchStore",
     "PatchMatchConfig",
     "PatchReranker",
     "aqe",
@@ -62,6 +70,7 @@ __all__ = [
     "ransac_inliers",
     "ransac_score",
     "reorder",
+    "rerank_results",
     "rescore",
     "spatial_score",
 ]
@@ -107,3 +116,23 @@ def build_reranker(method: str, *, top_n: int = DEFAULT_TOP_N, queries: np.ndarr
     if queries is None or db is None:
         raise ValueError(f"re-ranking {method!r} needs the query and database global descriptors")
     return GlobalReranker(method, queries, db, top_n=top_n, **params)
+
+
+def rerank_results(results: list[dict], reranker, k: int) -> list[dict]:
+    """Re-order ``netvlad query``'s result objects (one per photo, each with a ``results`` list of
+    {rank, id, ...} in search order) by ``reranker`` and keep the first ``k``; ``location`` (and
+    ``location_latlon``) follow the new best match. Returns new objects; ``results`` is not modified.
+    """
+    width = max((len(r["results"]) for r in results), default=0)
+    ranked = np.full((len(results), width), -1, np.int64)
+    for i, r in enumerate(results):
+        ranked[i, :len(r["results"])] = [x["id"] for x in r["results"]]
+    order = reranker(np.arange(len(results)), ranked)
+    out = []
+    for r, row in zip(results, order):
+        by_id = {x["id"]: x for x in r["results"]}
+        items = [{**by_id[int(i)], "rank": n} for n, i in enumerate((i for i in row if i >= 0), 1)][:k]
+        best = items[0] if items else None
+        out.append({**r, "results": items, "location": best["utm"] if best else None,
+                    "location_latlon": best.get("latlon") if best else None})
+    return out

@@ -75,12 +75,14 @@ def spatial_score(q_pos: np.ndarray, d_pos: np.ndarray, qi: np.ndarray, di: np.n
 def homographies(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Homographies mapping 4 source points onto 4 destination points (direct linear transform).
 
+    Solved with h₃₃ = 1 (an 8×8 system per quadruple: one LU, several times cheaper than the SVD of
+    the 8×9 system); a singular system (collinear points) falls back to the SVD's null vector.
+
     Args:
         src, dst: M×4×2 (x, y) point quadruples.
 
     Returns:
-        M×3×3 float64, each the null vector of its 8×9 DLT system (defined up to scale; a
-        degenerate quadruple, e.g. collinear points, gives a matrix that explains nothing).
+        M×3×3 float64 (a degenerate quadruple gives a matrix that explains little or nothing).
     """
     src = np.asarray(src, np.float64)
     dst = np.asarray(dst, np.float64)
@@ -91,31 +93,47 @@ def homographies(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     rows_u = np.stack([x, y, one, zero, zero, zero, -u * x, -u * y, -u], axis=-1)
     rows_v = np.stack([zero, zero, zero, x, y, one, -v * x, -v * y, -v], axis=-1)
     a = np.concatenate([rows_u, rows_v], axis=1)  # M×8×9
-    _, _, vt = np.linalg.svd(a)
-    return vt[:, -1, :].reshape(m, 3, 3)
+    try:
+        h = np.linalg.solve(a[..., :8], -a[..., 8:])[..., 0]
+        return np.concatenate([h, np.ones((m, 1))], axis=1).reshape(m, 3, 3)
+    except np.linalg.LinAlgError:
+        _, _, vt = np.linalg.svd(a)
+        return vt[:, -1, :].reshape(m, 3, 3)
+
+
+def _collinear(p: np.ndarray) -> np.ndarray:
+    """(M,) True where three of the four points of a M×4×2 quadruple lie on one line."""
+    out = np.zeros(len(p), bool)
+    for i, j, k in ((0, 1, 2), (0, 1, 3), (0, 2, 3), (1, 2, 3)):
+        d1, d2 = p[:, j] - p[:, i], p[:, k] - p[:, i]
+        out |= np.abs(d1[:, 0] * d2[:, 1] - d1[:, 1] * d2[:, 0]) < 1e-9
+    return out
 
 
 def _inlier_masks(h: np.ndarray, src: np.ndarray, dst: np.ndarray, threshold: float) -> np.ndarray:
     """M×n bool: |H·src − dst| ≤ threshold for each homography (non-finite projections are out)."""
     p = np.einsum("mij,nj->mni", h, np.c_[src, np.ones(len(src))])
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         proj = p[..., :2] / p[..., 2:3]
         err = np.linalg.norm(proj - dst[None], axis=-1)
     return np.nan_to_num(err, nan=np.inf) <= threshold
 
 
 def ransac_inliers(src: np.ndarray, dst: np.ndarray, threshold: float, max_iters: int = 1000,
-                   seed: int = 0) -> np.ndarray:
+                   seed: int = 0, confidence: float = 0.995, exhaustive: bool | None = None) -> np.ndarray:
     """The largest set of matches one homography explains (RANSAC, as ``cv2.findHomography``).
 
-    Hypotheses are 4-match samples: every one of them when there are at most ``max_iters``
-    (exhaustive, hence exact), otherwise ``max_iters`` random ones drawn with ``seed``
-    (deterministic). A match is an inlier when the homography puts its source point within
-    ``threshold`` of its destination point.
+    Hypotheses are 4-match samples. Samples with three collinear points (in either image) are
+    skipped, as OpenCV's subset check does. Exhaustive mode tries every sample (exact); otherwise
+    ``max_iters`` samples are drawn with ``seed`` (deterministic) and tried in batches of 128, and
+    the search stops once the usual bound log(1 − confidence) / log(1 − w⁴) on the iterations is
+    reached, w being the best inlier ratio so far. A match is an inlier when the homography puts
+    its source point within ``threshold`` of its destination point.
 
     Args:
         src, dst: n×2 (x, y) matched points (candidate → query, as Patch-NetVLAD).
         threshold: reprojection error bound, in the points' unit.
+        exhaustive: None: exhaustive when there are at most 128 samples.
 
     Returns:
         (n,) bool inlier mask of the best hypothesis (all False when n < 4).
@@ -125,19 +143,29 @@ def ransac_inliers(src: np.ndarray, dst: np.ndarray, threshold: float, max_iters
     n = len(src)
     if n < 4:
         return np.zeros(n, bool)
-    if math.comb(n, 4) <= max_iters:
+    if exhaustive is None:
+        exhaustive = math.comb(n, 4) <= 128
+    if exhaustive:
         samples = np.array(list(itertools.combinations(range(n), 4)), np.int64)
     else:
         rng = np.random.default_rng(seed)
         samples = np.argpartition(rng.random((max_iters, n)), 4, axis=1)[:, :4]
-    best, best_count = np.zeros(n, bool), -1
-    for start in range(0, len(samples), 512):  # bounds the M×n×3 projection
-        s = samples[start:start + 512]
-        masks = _inlier_masks(homographies(src[s], dst[s]), src, dst, threshold)
-        counts = masks.sum(axis=1)
-        i = int(counts.argmax())
-        if counts[i] > best_count:
-            best, best_count = masks[i], int(counts[i])
+    best, best_count = np.zeros(n, bool), 0
+    needed, done = len(samples), 0
+    while done < needed:
+        s = samples[done:done + 128]
+        done += len(s)
+        s = s[~(_collinear(src[s]) | _collinear(dst[s]))]
+        if len(s):
+            masks = _inlier_masks(homographies(src[s], dst[s]), src, dst, threshold)
+            counts = masks.sum(axis=1)
+            i = int(counts.argmax())
+            if counts[i] > best_count:
+                best, best_count = masks[i], int(counts[i])
+        if not exhaustive and best_count:
+            w4 = (best_count / n) ** 4
+            bound = 0 if w4 >= 1 else math.ceil(math.log(1 - confidence) / math.log(1 - w4))
+            needed = min(len(samples), bound)
     return best
 
 

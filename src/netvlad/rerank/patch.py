@@ -17,7 +17,8 @@ import numpy as np
 
 from netvlad.rerank.matching import fuse_scales, mutual_nn, ransac_score, spatial_score
 
-__all__ = ["PERFORMANCE_WEIGHTS", "SCORERS", "PatchMatchConfig", "PatchReranker", "patch_scores"]
+__all__ = ["PERFORMANCE_WEIGHTS", "SCORERS", "MemoryPatchStore", "PatchMatchConfig", "PatchReranker",
+           "patch_scores"]
 
 #: Patch-NetVLAD's scorers: "spatial" (rapid spatial scoring) and "ransac".
 SCORERS = ("spatial", "ransac")
@@ -77,6 +78,32 @@ def patch_scores(query: Patches, candidates: Sequence[Patches], scales: Sequence
                 per[c, s] = ransac_score(qp, dp, qi, di, size, stride, config.ransac_threshold,
                                          config.ransac_iters, config.seed)
     return fuse_scales(per, config.weights)
+
+
+class MemoryPatchStore:
+    """A patch store held in memory (e.g. a user's photos described on the fly).
+
+    Args:
+        names: image names; patches: per image, per scale (descriptors P×D, positions P×2);
+        scales: per scale (patch size, patch stride).
+    """
+
+    def __init__(self, names: Sequence[str], patches: Sequence[Patches], scales: Sequence[tuple[int, int]]):
+        if len(names) != len(patches):
+            raise ValueError(f"{len(names)} names for {len(patches)} patch lists")
+        self.names = [str(n) for n in names]
+        self.scales = [tuple(map(int, s)) for s in scales]
+        self._patches = list(patches)
+        self._index = {n: i for i, n in enumerate(self.names)}
+
+    def rows(self, names: Sequence[str]) -> np.ndarray:
+        missing = [n for n in names if n not in self._index]
+        if missing:
+            raise ValueError(f"no patches for image {missing[0]!r}")
+        return np.array([self._index[n] for n in names], np.int64)
+
+    def get(self, row: int) -> Patches:
+        return self._patches[int(row)]
 
 
 class PatchReranker:
