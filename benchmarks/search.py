@@ -129,8 +129,7 @@ def run_size(n: int, args) -> list[dict]:
     variants = []
     for kind in args.kinds:
         if kind == "ivfpq":
-            variants += [(kind, {"pq_m": m, "refine_k_factor": kf})
-                         for m in args.pq_m for kf in args.k_factor]
+            variants += [(kind, {"pq_m": m}) for m in args.pq_m]
         elif kind == "hnsw":
             variants.append((kind, {"hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction}))
         else:
@@ -153,14 +152,17 @@ def run_size(n: int, args) -> list[dict]:
             target, attr, values = fi.hnsw, "efSearch", args.ef_search
         else:
             target, attr, values = None, "", [None]
-        for v in values:
+        # IVF-PQ's re-rank short list (k_factor) is a search-time setting: one build serves all.
+        kfs = args.k_factor if kind == "ivfpq" else [None]
+        for v, kf in [(v, kf) for v in values for kf in kfs]:
             if target is not None:
                 setattr(target, attr, v)
             name = f"{kind} {attr}={v}" if target is not None else kind
             if kind in ("ivfflat", "ivfpq"):
                 name += f" nlist={index.params['nlist']}"
             if kind == "ivfpq":
-                name += f" m={params['pq_m']} kf={params['refine_k_factor']}"
+                fi.k_factor = float(kf)
+                name += f" m={params['pq_m']} kf={kf}"
             search = index.search
             record(name, build_s, mem, lambda s=search: s(q, 1), lambda x, s=search: s(x, 1), exact_ids)
         del index, fi, target
