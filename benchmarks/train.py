@@ -5,12 +5,22 @@ cache, with the mining statistics; plus mining alone on a Pittsburgh-sized rando
 
 Uses a small real preset (resnet18-netvlad, random weights) on synthetic 48×64 place images
 (tests/train_helpers.py) so that it runs offline in a few minutes.
+
+``--town DIR`` (a ``netvlad synth-town`` folder, 320×240 images) instead compares whole training
+runs at the town's image size, repeats interleaved: the original configuration (float32 cache,
+float32 compute, mining on the full descriptors) against the fast one (float16 cache, mining on a
+PCA-reduced cache; bf16 autocast only where the CPU has native bf16, as on CUDA ``--amp``). Cost is
+the wall time of ``fit`` (cache refreshes and the end-of-epoch validation included) per 1000
+training queries; quality is validation recall@1 after the epoch.
+
+    .venv/bin/python benchmarks/train.py --town /tmp/town --queries 200 --repeats 2
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -80,6 +90,44 @@ def bench_training(args, tmp: Path) -> list[dict]:
     return rows
 
 
+def bench_town(args) -> dict[str, list[dict]]:
+    """Per configuration, one dict per repeat: seconds per 1000 training queries, val recall@1."""
+    from netvlad.data import load_dataset
+    from netvlad.extract.precision import native_bf16
+    from netvlad.models import create_model
+    from netvlad.train import TrainConfig, fit
+
+    def split(name):
+        return load_dataset(str(next((args.town / name).glob("*.csv"))), image_root=args.town / name)
+
+    tr, va = split("train"), split("val")
+    common = dict(epochs=1, lr=1e-4, num_workers=0, test0=False, n_test_rank_sample=0, recall_ns=(1, 5),
+                  comp_feats_frequency=args.refresh_every, cluster_images=100, limit_queries=args.queries,
+                  save_cache=False)
+    configs = {
+        "original (fp32 cache, fp32)": TrainConfig(**common, cache_dtype="float32"),
+        "fast (fp16 cache, PCA mining"
+        + (", bf16 autocast)" if native_bf16() else "; no native bf16 here)"): TrainConfig(
+            **common, cache_dtype="float16", mining_pca_dim=args.pca_dim),
+    }
+    out = {k: [] for k in configs}
+    with tempfile.TemporaryDirectory() as tmp:
+        for rep in range(args.repeats):
+            for name, cfg in configs.items():
+                model = create_model(args.model, weights="random", seed=rep)
+                run = Path(tmp) / f"run{rep}_{len(out[name])}_{name[:4]}"
+                t0 = time.perf_counter()
+                fit(model, tr, va, cfg, run, progress=False)
+                secs = time.perf_counter() - t0
+                recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+                n_q = sum(r["queries"] for r in recs if r["type"] == "batch")
+                ep = [r for r in recs if r["type"] == "epoch"][-1]
+                out[name].append({"s_per_1000": 1000 * secs / n_q, "queries": n_q,
+                                  "val_r1": float(ep["val_recall"]["1"])})
+                print(f"  rep {rep} {name}: {out[name][-1]}  load {os.getloadavg()[0]:.1f}", flush=True)
+    return out
+
+
 def bench_mining(args) -> list[dict]:
     from netvlad.mining import MiningConfig, mine
 
@@ -117,8 +165,25 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--mine-db", type=int, default=10000)
     ap.add_argument("--mine-dim", type=int, default=4096)
+    ap.add_argument("--town", type=Path, help="compare whole training runs on this synth-town folder")
+    ap.add_argument("--model", default="resnet18-netvlad", help="with --town: preset (random weights)")
+    ap.add_argument("--queries", type=int, default=200, help="with --town: training queries per run")
+    ap.add_argument("--refresh-every", type=int, default=100, help="with --town: cache refresh period")
+    ap.add_argument("--pca-dim", type=int, default=256, help="with --town: mining PCA dimension")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.town:
+        print(f"Training on {args.town}, {args.model} (random weights), {args.queries} training queries, "
+              f"cache refresh every {args.refresh_every}, CPU {args.threads} threads, load {os.getloadavg()}")
+        res = bench_town(args)
+        print("| config | s / 1000 queries median (runs) | val R@1 median (runs) |")
+        print("|---|---|---|")
+        for name, rs in res.items():
+            s = [r["s_per_1000"] for r in rs]
+            v = [r["val_r1"] for r in rs]
+            print(f"| {name} | {statistics.median(s):.0f} ({', '.join(f'{x:.0f}' for x in s)}) "
+                  f"| {statistics.median(v):.3f} ({', '.join(f'{x:.3f}' for x in v)}) |")
+        return
     with tempfile.TemporaryDirectory() as d:
         rows = bench_training(args, Path(d))
     print(

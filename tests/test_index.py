@@ -35,7 +35,7 @@ def _brute(q, d, k, metric="ip"):
     return np.array(out_s), np.array(out_i, dtype=np.int64)
 
 
-@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("backend", ["faiss", "numpy", "torch"])
 @pytest.mark.parametrize("block", [None, 1, 7, 64, 1000])
 def test_topk_equals_brute_force(backend, block):
     rng = np.random.default_rng(0)
@@ -75,7 +75,7 @@ def test_topk_ties_are_ordered_by_database_index(block):
     base = rng.integers(-2, 3, size=(5, 6)).astype(np.float32)
     d = base[rng.integers(0, 5, size=40)]  # many exact duplicates
     q = rng.integers(-2, 3, size=(7, 6)).astype(np.float32)
-    for backend in ("numpy", "torch"):
+    for backend in ("faiss", "numpy", "torch"):
         s, i = topk(q, d, 11, block=block, backend=backend)
         bs, bi = _brute(q, d, 11)
         np.testing.assert_array_equal(i, bi)
@@ -289,7 +289,7 @@ def test_query_cli_errors(query_setup, tmp_path, capsys):
 # NaN rows (images that failed extraction with --skip-bad) and the model reference
 
 
-@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("backend", ["faiss", "numpy", "torch"])
 def test_topk_refuses_nan_rows(backend):
     rng = np.random.default_rng(5)
     db = l2_normalize(rng.standard_normal((20, 6)))

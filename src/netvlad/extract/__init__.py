@@ -11,7 +11,7 @@ holds at most that many network-input pixels, and a single image above it is dow
 decoded at reduced scale) or refused; a decompression bomb is a bad image. EXIF orientation is a
 setting (off for datasets, as their protocols are).
 
-CPU speed (see docs/perf-facts.md): inference_mode, channels_last activations and weights, one
+CPU speed (benchmarks/extract.py): inference_mode, channels_last activations and weights, one
 process with torch's default thread count (one per core), JPEG decoding overlapped in DataLoader
 workers that use one thread each, and glibc malloc tuning (:func:`tune_malloc`).
 

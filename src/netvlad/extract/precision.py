@@ -113,6 +113,49 @@ class _CastIn(nn.Module):
         return self.inner(x).float()
 
 
+def _tf_same_pad(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int]) -> Tensor:
+    """TensorFlow "SAME" zero padding of x (B×C×H×W) for a conv of ``kernel``/``stride``."""
+    pads = []
+    for n, k, s in zip(reversed(x.shape[-2:]), reversed(kernel), reversed(stride)):
+        total = max((-(-n // s) - 1) * s + k - n, 0)
+        pads += [total // 2, total - total // 2]
+    return nn.functional.pad(x, pads)
+
+
+# A graph node evaluated at run time: the padding depends on the input size, which tracing cannot see.
+torch.fx.wrap("_tf_same_pad")
+
+
+class _SamePadConv(nn.Module):
+    """Input-size-dependent SAME padding, then a plain (quantizable) Conv2d."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.conv = _plain_conv(conv)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(_tf_same_pad(x, self.conv.kernel_size, self.conv.stride))
+
+
+def _plain_conv(conv: nn.Conv2d) -> nn.Conv2d:
+    c = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                  conv.dilation, conv.groups, conv.bias is not None)
+    c.load_state_dict(conv.state_dict())
+    return c
+
+
+def _traceable(module: nn.Module) -> nn.Module:
+    """Replace Conv2d subclasses (their own forward, e.g. EfficientNet's TF-SAME padding computed
+    from the input size) by plain Conv2d modules that FX quantization recognises; in place."""
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.Conv2d) and type(child) is not nn.Conv2d:
+            plain = _SamePadConv(child) if getattr(child, "_dynamic", False) else _plain_conv(child)
+            setattr(module, name, plain.train(child.training))
+        else:
+            _traceable(child)
+    return module
+
+
 def quantize_backbone_int8(model: nn.Module, calibration: Iterable[Tensor]) -> nn.Module:
     """A copy of ``model`` whose backbone is int8 (static PTQ, per-channel weights, x86 engine).
 
@@ -135,7 +178,7 @@ def quantize_backbone_int8(model: nn.Module, calibration: Iterable[Tensor]) -> n
         from torch.ao.quantization import get_default_qconfig_mapping
         from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
-        trunk = prepare_fx(q.backbone.float(), get_default_qconfig_mapping("x86"), (batches[0],))
+        trunk = prepare_fx(_traceable(q.backbone.float()), get_default_qconfig_mapping("x86"), (batches[0],))
         with torch.no_grad():
             for x in batches:
                 trunk(x)

@@ -101,6 +101,48 @@ def _block_topk(s: np.ndarray, k: int, offset: int) -> tuple[np.ndarray, np.ndar
     return _select_stable(vals, idx.astype(np.int64) + offset, k)
 
 
+def _faiss_module():
+    try:
+        import faiss
+    except ImportError:
+        return None
+    return faiss
+
+
+def _faiss_block_search(k: int, metric: str):
+    """(prepare, block_topk) for :func:`topk` on FAISS's brute-force ``knn``.
+
+    ``faiss.knn`` orders tied scores arbitrarily, so it is asked for k+1: where the (k+1)-th score
+    equals the k-th, a tie may straddle the boundary and that row is redone with a stable sort.
+    Scores are returned as the other backends return them ("l2": q·d − ‖d‖²/2, higher is better).
+    """
+    faiss = _faiss_module()
+    if faiss is None:
+        raise ImportError("backend='faiss' needs the faiss-cpu package (pip install faiss-cpu)")
+    fmetric = faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
+
+    def prepare(dblk: np.ndarray, half: np.ndarray | None):
+        return np.ascontiguousarray(dblk, dtype=np.float32), half
+
+    def block_topk(qc: np.ndarray, prepared, b0: int):
+        dblk, half = prepared
+        kk = min(k + 1, dblk.shape[0])
+        s, i = faiss.knn(qc, dblk, kk, metric=fmetric)
+        if metric == "l2":
+            s = np.float32(0.5) * (_sq_norms(qc)[:, None] - s)
+        if kk > k:
+            tied = np.flatnonzero(s[:, k - 1] == s[:, k])
+            s, i = s[:, :k], i[:, :k]
+            for row in tied:
+                sc = dblk @ qc[row]
+                if half is not None:
+                    sc += half
+                s[row], i[row] = (a[0] for a in _block_topk(sc[None, :], k, 0))
+        return _select_stable(s, i.astype(np.int64) + b0, k)
+
+    return prepare, block_topk
+
+
 def topk(
     queries: np.ndarray,
     database: np.ndarray,
@@ -126,8 +168,10 @@ def topk(
         device: torch device for the matmul ("cpu", "cuda", ...); used by the torch backend.
         metric: "ip" (scores = inner products, descending) or "l2" (scores = squared L2
             distances, ascending; exact for unnormalised vectors too).
-        backend: "numpy", "torch" or "auto" (torch for batches of ≥ 8 queries or a non-CPU
-            device, numpy for single queries: measured fastest on the project machine).
+        backend: "numpy", "torch", "faiss" or "auto" (numpy on CPU, torch on other devices).
+            numpy's GEMM + argmax per block ran 1.3–1.8× FAISS ``IndexFlatIP``'s queries/s on the
+            AVX2 machine of benchmarks/RESULTS.md, torch's about 1.3×, while ``faiss.knn`` per block
+            (asked for k+1 to see ties at the boundary, so it takes FAISS's heap path) ran 0.7×.
         progress: show a progress bar over database blocks.
 
     Returns:
@@ -147,18 +191,21 @@ def topk(
     if k < 1 or nq == 0:
         return np.zeros((nq, max(k, 0)), np.float32), np.zeros((nq, max(k, 0)), np.int64)
     if backend == "auto":
-        backend = "torch" if (nq >= 8 or device != "cpu") else "numpy"
-    if backend not in ("numpy", "torch"):
-        raise ValueError(f"backend must be 'numpy', 'torch' or 'auto', got {backend!r}")
+        backend = "numpy" if device == "cpu" else "torch"
+    if backend not in ("faiss", "numpy", "torch"):
+        raise ValueError(f"backend must be 'faiss', 'numpy', 'torch' or 'auto', got {backend!r}")
     q_chunk = min(nq, 4096)
     if block is None:
-        block = max(1024, _SCORE_BUDGET // q_chunk)
+        # faiss forms no block score matrix: the bound is the block's float32 copy (128 MiB).
+        block = max(1024, _SCORE_BUDGET // (q.shape[1] if backend == "faiss" else q_chunk))
     block = max(1, int(block))
 
     # A few queries against a block: compute block @ q.T (a tall GEMM) and transpose; measured
     # single-threaded at 20k×256 with 4 queries: 1.8 ms vs 6.8 ms for q @ block.T.
     tall = q_chunk < 64
-    if backend == "torch":
+    if backend == "faiss":
+        prepare, block_topk = _faiss_block_search(k, metric)
+    elif backend == "torch":
         import torch
 
         dev = torch.device(device)

@@ -44,7 +44,7 @@ def is_index_dir(path: str | Path) -> bool:
 
 @dataclass
 class IndexConfig:
-    """Parameters of :func:`build_index` (defaults follow perf-facts §3: search method by scale).
+    """Parameters of :func:`build_index` (exact up to ~100k vectors, IVF beyond: benchmarks/search.py).
 
     Attributes:
         kind: one of ``INDEX_KINDS``.
@@ -238,7 +238,7 @@ def build_index(
 ) -> SearchIndex:
     """Build a search index over database descriptors.
 
-    Kinds (perf-facts §3): "exact" (our blockwise :func:`topk`, no FAISS), "flat" (faiss
+    Kinds: "exact" (our blockwise :func:`topk`, no FAISS), "flat" (faiss
     IndexFlatIP, exact), "ivfflat" (IVF + nprobe), "ivfpq" (IVF-PQ with an exact
     IndexRefineFlat re-rank of ``refine_k_factor``·k candidates), "hnsw" (IndexHNSWFlat).
     All rank by inner product, i.e. by L2 on L2-normalised descriptors; rows that are not
