@@ -395,6 +395,10 @@ def init_distributed(device: str) -> tuple[int, int, str]:
     return dist.get_rank(), dist.get_world_size(), device
 
 
+class RankFailedError(RuntimeError):
+    """Another rank of a distributed extraction failed (its message says which and why)."""
+
+
 def _all_ok(error: BaseException | None) -> list[str | None]:
     """Every rank's error message (None: it succeeded), gathered on every rank."""
     import torch.distributed as dist
@@ -412,7 +416,8 @@ def extract_distributed(model, paths: Sequence[str | Path], names: Sequence[str]
 
     The same call on one process (no process group) is :func:`extract_features`. A rank that
     fails or is killed leaves its partial shard; rerunning the same command resumes every shard's
-    missing rows. A failure on any rank raises on every rank (RuntimeError naming the rank).
+    missing rows. A failure on any rank raises on every rank (its own error there, a
+    :class:`RankFailedError` naming the rank and the error on the others).
     """
     import torch.distributed as dist
 
@@ -432,7 +437,7 @@ def extract_distributed(model, paths: Sequence[str | Path], names: Sequence[str]
     failed = [(r, m) for r, m in enumerate(msgs) if m is not None]
     if failed:
         r, m = failed[0]
-        raise RuntimeError(f"rank {r} of {world} failed ({m}); its shard stays partial: rerun to resume")
+        raise RankFailedError(f"rank {r} of {world} failed ({m}); its shard stays partial: rerun to resume")
     if result == out:  # up to date on every rank (the same check on the same file)
         return out
     if rank == 0:
@@ -446,5 +451,5 @@ def extract_distributed(model, paths: Sequence[str | Path], names: Sequence[str]
     if error is not None:
         raise error
     if msgs[0] is not None:
-        raise RuntimeError(f"rank 0 failed to merge the shards into {out} ({msgs[0]})")
+        raise RankFailedError(f"rank 0 failed to merge the shards into {out} ({msgs[0]})")
     return out
