@@ -261,7 +261,7 @@ def run(args) -> int:
             _extract_shard(model, paths, names, h5, cfg, shard)
             continue
         if world > 1:
-            from netvlad.extract.shard import RankFailedError, extract_distributed
+            from netvlad.extract import RankFailedError, extract_distributed
 
             try:
                 extract_distributed(model, paths, names, h5, cfg, on_status=statuses.append)

@@ -16,8 +16,8 @@ process with torch's default thread count (one per core), JPEG decoding overlapp
 workers that use one thread each, and glibc malloc tuning (:func:`tune_malloc`).
 
 Parts: ``config`` (settings), ``sizing`` (the pixel bound and memory estimates), ``run`` (batched
-extraction), ``single`` (one image), ``shard`` (several processes or machines: shards of whole
-batches, their merge, torchrun).
+extraction), ``single`` (one image), ``shard`` / ``merge`` / ``distributed`` (several processes or
+machines: shards of whole batches, their merge, torchrun ranks).
 """
 
 from __future__ import annotations
@@ -29,22 +29,15 @@ from netvlad.extract.config import (
     default_num_workers,
     tune_malloc,
 )
+from netvlad.extract.distributed import RankFailedError, extract_distributed, init_distributed
+from netvlad.extract.merge import merge_shards
 from netvlad.extract.run import (
     compute_descriptors,
     extract_features,
     plan_batches,
     preprocess_for,
 )
-from netvlad.extract.shard import (
-    ShardPlan,
-    extract_distributed,
-    extract_shard,
-    init_distributed,
-    merge_shards,
-    parse_shard,
-    plan_shards,
-    shard_path,
-)
+from netvlad.extract.shard import ShardPlan, extract_shard, parse_shard, plan_shards, shard_path
 from netvlad.extract.single import ModelImageReader, compute_representation
 from netvlad.extract.sizing import estimate_forward_bytes, fit_size, forward_bytes_per_pixel
 
@@ -53,6 +46,7 @@ __all__ = [
     "OVERSIZE_MODES",
     "ExtractConfig",
     "ModelImageReader",
+    "RankFailedError",
     "ShardPlan",
     "compute_descriptors",
     "compute_representation",
