@@ -25,6 +25,7 @@ import json
 import os
 import resource
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -159,6 +160,12 @@ def index_part(args, work: Path) -> dict:
             "exact_blockwise_s": round(exact_s, 1), "queries": len(q)}
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def extract_part(args, work: Path) -> dict:
     """One process vs torchrun with 2 processes on the same images, interleaved, median of repeats."""
     import torch
@@ -173,7 +180,7 @@ def extract_part(args, work: Path) -> dict:
         small = rng.integers(0, 256, (args.height // 8, args.width // 8, 3), dtype=np.uint8)
         Image.fromarray(small).resize((args.width, args.height), Image.Resampling.BILINEAR).save(
             imgs / f"{i:04d}.jpg", quality=90)
-    model = create_model(PRESETS[args.model].replace(num_clusters=16), seed=0)
+    model = create_model(PRESETS[args.model].replace(num_clusters=16), weights="random", seed=0)
     init_clusters(model, [np.asarray(Image.open(p)) for p in sorted(imgs.iterdir())[:4]], progress=False)
     save_model(model, work / "model.pt")
     base = ["-m", "netvlad", "extract", str(work / "model.pt"), "--images", str(imgs), "--no-progress",
@@ -184,10 +191,10 @@ def extract_part(args, work: Path) -> dict:
             out = work / f"{label[0]}_{r}.h5"
             pre = [sys.executable] if label == "1 process" else \
                 [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                 "--master_addr", "127.0.0.1", "--master_port", str(29600 + r)]
+                 "--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
             t = time.perf_counter()
-            subprocess.run([*pre[:1], *pre[1:], *base, "--out", str(out)], check=True, env=ENV,
-                           stdout=subprocess.DEVNULL)
+            subprocess.run([*pre, *base, "--out", str(out)], check=True, stdout=subprocess.DEVNULL,
+                           env={**ENV, "GLOO_SOCKET_IFNAME": "lo"})
             times[label].append(time.perf_counter() - t)
     from netvlad import io
 
@@ -218,7 +225,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=48, help="extraction part: images")
     p.add_argument("--width", type=int, default=320)
     p.add_argument("--height", type=int, default=240)
-    p.add_argument("--model", default="alexnet-netvlad")
+    p.add_argument("--model", default="vgg16-netvlad", help="extraction part: preset (random weights)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temp folder)")

@@ -318,9 +318,12 @@ def run(args) -> int:
             _extract_shard(model, paths, names, h5, cfg, shard)
             continue
         if world > 1:
-            from netvlad.extract import extract_distributed
+            from netvlad.extract import RankFailedError, extract_distributed
 
-            extract_distributed(model, paths, names, h5, cfg, on_status=statuses.append)
+            try:
+                extract_distributed(model, paths, names, h5, cfg, on_status=statuses.append)
+            except RankFailedError as exc:
+                raise CLIError(f"rank {rank}: {exc}") from exc
             if statuses and statuses[0].kind == "resume":  # each rank resumes its own shard
                 print(f"rank {rank}: {statuses.pop(0).message}")
             if rank:

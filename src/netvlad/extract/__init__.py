@@ -16,8 +16,9 @@ process with torch's default thread count (one per core), JPEG decoding overlapp
 workers that use one thread each, and glibc malloc tuning (:func:`tune_malloc`).
 
 Parts: ``config`` (settings), ``sizing`` (the pixel bound and memory estimates), ``run`` (batched
-extraction), ``single`` (one image), ``shard`` (several processes or machines: shards of whole
-batches, their merge, torchrun), ``patches`` (Patch-NetVLAD patch features).
+extraction), ``single`` (one image), ``shard`` / ``merge`` / ``distributed`` (several processes or
+machines: shards of whole batches, their merge, torchrun ranks), ``patches`` (Patch-NetVLAD patch
+features).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from netvlad.extract.config import (
     default_num_workers,
     tune_malloc,
 )
+from netvlad.extract.distributed import RankFailedError, extract_distributed, init_distributed
+from netvlad.extract.merge import merge_shards
 from netvlad.extract.patches import (
     PATCH_PRESETS,
     PatchConfig,
@@ -45,16 +48,7 @@ from netvlad.extract.run import (
     plan_batches,
     preprocess_for,
 )
-from netvlad.extract.shard import (
-    ShardPlan,
-    extract_distributed,
-    extract_shard,
-    init_distributed,
-    merge_shards,
-    parse_shard,
-    plan_shards,
-    shard_path,
-)
+from netvlad.extract.shard import ShardPlan, extract_shard, parse_shard, plan_shards, shard_path
 from netvlad.extract.single import ModelImageReader, compute_representation
 from netvlad.extract.sizing import estimate_forward_bytes, fit_size, forward_bytes_per_pixel
 
@@ -65,6 +59,7 @@ __all__ = [
     "ExtractConfig",
     "ModelImageReader",
     "PatchConfig",
+    "RankFailedError",
     "ShardPlan",
     "compute_descriptors",
     "compute_patches",
