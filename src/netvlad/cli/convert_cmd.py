@@ -7,7 +7,6 @@ import argparse
 import logging
 from pathlib import Path
 
-from netvlad._atomic import atomic_write_text
 from netvlad._outputs import (
     check_distinct,
     check_output_file,
@@ -19,20 +18,15 @@ from netvlad.cli import CLIError
 
 log = logging.getLogger(__name__)
 
-#: hloc's default number of retrieved database images per query (pairs_from_retrieval ``num_matched``).
-DEFAULT_NUM_PAIRS = 50
-#: hloc's pairs_from_retrieval script drops pairs scoring below 0 (``min_score=0``).
-DEFAULT_MIN_SCORE = 0.0
-
 
 def register(sub) -> None:
     """Add this module's sub-commands to `sub` (an argparse subparsers action)."""
-    _register_convert(sub)
-    _register_export(sub)
-    _register_pairs(sub)
+    _add_convert(sub)
+    _add_export(sub)
+    _add_pairs(sub)
 
 
-def _register_convert(sub) -> None:
+def _add_convert(sub) -> None:
     from netvlad.convert import SUPPORTED_FORMATS, ConvertConfig
 
     cdef = ConvertConfig()
@@ -76,7 +70,7 @@ def _register_convert(sub) -> None:
     p.set_defaults(func=run_convert)
 
 
-def _register_export(sub) -> None:
+def _add_export(sub) -> None:
     from netvlad.export import ExportConfig
 
     edef = ExportConfig()
@@ -120,8 +114,9 @@ def _register_export(sub) -> None:
     p.set_defaults(func=run_export)
 
 
-def _register_pairs(sub) -> None:
-    from netvlad.cli.eval_cmd import FEATS_HELP, add_feature_file_options
+def _add_pairs(sub) -> None:
+    from netvlad.cli.eval_cmd import FEATS_HELP, add_feature_file_options, add_mixed_models_flag
+    from netvlad.retrieval.pairs import DEFAULT_MIN_SCORE, DEFAULT_NUM_PAIRS
 
     p = sub.add_parser(
         "pairs",
@@ -165,8 +160,6 @@ def _register_pairs(sub) -> None:
         "pairs_from_retrieval; 'none' keeps all K pairs of every query)",
     )
     p.add_argument("--out", type=Path, required=True, metavar="pairs.txt")
-    from netvlad.cli.eval_cmd import add_mixed_models_flag
-
     add_mixed_models_flag(p)
     p.add_argument("--overwrite", action="store_true", help="replace an --out file that is not a pairs file")
     p.set_defaults(func=run_pairs)
@@ -272,42 +265,9 @@ def _min_score(text: str) -> float | None:
         raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
 
 
-def _selected(feats, prefix, list_file, role: str):
-    """The rows of ``feats`` that hloc's prefix/list selection keeps, NaN rows left out (warned)."""
-    import dataclasses
-
-    from netvlad.io import align_features, read_image_lists, select_names
-
-    listed = read_image_lists(list_file) if list_file is not None else None
-    names = select_names(feats.names, prefix, listed, what=str(feats.path))
-    wanted_from = f"{list_file}'s" if list_file is not None else "the selected"
-    desc = align_features(feats, names, role, wanted_from=wanted_from)
-    kept, dropped = dataclasses.replace(feats, names=names, descriptors=desc).finite()
-    if dropped:
-        log.warning("%s: %d %s image(s) with NaN descriptors (failed extraction) left out: %s", feats.path,
-                    len(dropped), role, ", ".join(dropped[:5]) + (" ..." if len(dropped) > 5 else ""))
-    return kept
-
-
-def is_pairs_file(path: Path) -> bool:
-    """A text file of 'query_name db_name' lines (its first 64 KiB) whose names look like image
-    paths (a file suffix or a folder): a two-word line such as 'buy milk' is a user's text."""
-    with open(path, "rb") as f:
-        head = f.read(1 << 16)
-    lines = head.decode("utf-8", errors="strict" if len(head) < 1 << 16 else "ignore").splitlines()
-    if len(head) == 1 << 16:
-        lines = lines[:-1]  # cut at the read's end
-
-    def is_pair(line: str) -> bool:
-        words = line.split()
-        return len(words) == 2 and all("/" in w or Path(w).suffix for w in words)
-
-    return bool(lines) and all(map(is_pair, lines))
-
-
 def run_pairs(args) -> int:
     from netvlad.cli.eval_cmd import check_same_model, feature_dim, read_feature_file
-    from netvlad.index import pairs_from_retrieval
+    from netvlad.retrieval.pairs import is_pairs_file, pairs_from_features, write_pairs
 
     if args.k < 1:
         raise CLIError(f"--k must be >= 1, got {args.k}")
@@ -318,27 +278,22 @@ def run_pairs(args) -> int:
                       overwrite=args.overwrite)
     dim = feature_dim(args.dim, args.model)
     db = read_feature_file(args.db, args.db_names, "--db-names", dim)
+    q = None
     if args.queries is None:
         if args.query_names is not None:
             raise CLIError("--query-names names the rows of a --queries file; give --queries too")
-        q = db
     else:
         q = read_feature_file(args.queries, args.query_names, "--query-names", dim)
         if args.queries.resolve() != args.db.resolve():
             check_same_model(args.db, db.fingerprint, args.queries, q.fingerprint, args.allow_mixed_models)
-    db = _selected(db, args.db_prefix, args.db_list, "database")
-    q = _selected(q, args.query_prefix, args.query_list, "query")
-    if not len(db):
-        raise CLIError(f"{args.db}: no database descriptors")
-    bad = [n for n in q.names + db.names if any(c.isspace() for c in n)]
-    if bad:
-        raise CLIError(f"image name {bad[0]!r} contains whitespace; hloc's pairs format cannot represent it")
-    pairs = pairs_from_retrieval(q.names, q.descriptors, db.names, db.descriptors, args.k, args.min_score)
+    result = pairs_from_features(db, q, k=args.k, min_score=args.min_score,
+                                 db_prefix=args.db_prefix, db_list=args.db_list,
+                                 query_prefix=args.query_prefix, query_list=args.query_list)
     out = Path(args.out)
-    atomic_write_text(out, "".join(f"{qn} {d}\n" for qn, d in pairs))
+    write_pairs(out, result.pairs)
     floor = "" if args.min_score is None else f", similarity >= {args.min_score:g}"
     print(
-        f"wrote {len(pairs)} pairs for {len(q)} queries "
-        f"({min(args.k, len(db))} per query at most{floor}) to {out}"
+        f"wrote {len(result.pairs)} pairs for {result.num_queries} queries "
+        f"({min(args.k, result.num_db)} per query at most{floor}) to {out}"
     )
     return 0
