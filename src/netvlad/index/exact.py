@@ -143,6 +143,140 @@ def _faiss_block_search(k: int, metric: str):
     return prepare, block_topk
 
 
+def _torch_block_search(k: int, device: str, tall: bool):
+    """(prepare, block_topk) for :func:`topk` on torch matmuls on ``device``.
+
+    With a bias (metric "l2") the −‖d‖²/2 term is added inside the GEMM (``addmm``): no extra pass
+    over the scores. ``torch.topk`` picks arbitrarily among values tied with the k-th, so those rows
+    are redone with a stable sort.
+    """
+    import torch
+
+    dev = torch.device(device)
+
+    def prepare(dblk: np.ndarray, half: np.ndarray | None):
+        th = None if half is None else torch.from_numpy(half).to(dev)
+        return torch.from_numpy(np.ascontiguousarray(dblk)).to(dev), th
+
+    def block_topk(qc: np.ndarray, prepared, b0: int):
+        tb, th = prepared
+        ta = torch.from_numpy(qc).to(dev)
+        if th is None:
+            sc = (tb @ ta.T).T if tall else ta @ tb.T
+        else:
+            sc = torch.addmm(th[:, None], tb, ta.T).T if tall else torch.addmm(th[None, :], ta, tb.T)
+        if k == 1:
+            v, i = sc.max(dim=1, keepdim=True)  # first maximal index: ties → smaller id
+            return v.cpu().numpy(), i.cpu().numpy().astype(np.int64) + b0
+        v, i = torch.topk(sc, min(k, sc.shape[1]), dim=1)
+        v, i = v.cpu().numpy(), i.cpu().numpy().astype(np.int64)
+        n_ge = (sc >= torch.from_numpy(v[:, -1:]).to(dev)).sum(dim=1).cpu().numpy()
+        for row in np.flatnonzero(n_ge > v.shape[1]):
+            sv, si = torch.sort(sc[row], descending=True, stable=True)
+            v[row], i[row] = sv[: v.shape[1]].cpu().numpy(), si[: v.shape[1]].cpu().numpy()
+        return _select_stable(v, i + b0, k)
+
+    return prepare, block_topk
+
+
+def _numpy_block_search(k: int, tall: bool):
+    """(prepare, block_topk) for :func:`topk` on numpy's GEMM (ties handled by :func:`_block_topk`)."""
+
+    def prepare(dblk: np.ndarray, half: np.ndarray | None):
+        return dblk, half
+
+    def block_topk(qc: np.ndarray, prepared, b0: int):
+        dblk, half = prepared
+        if tall:
+            sc = dblk @ qc.T
+            if half is not None:
+                sc += half[:, None]
+            sc = np.ascontiguousarray(sc.T)
+        else:
+            sc = qc @ dblk.T
+            if half is not None:
+                sc += half[None, :]
+        if k == 1:
+            i = sc.argmax(axis=1)[:, None]  # first maximal index: ties → smaller id
+            return np.take_along_axis(sc, i, 1), i.astype(np.int64) + b0
+        return _block_topk(sc, k, b0)
+
+    return prepare, block_topk
+
+
+def _check_topk_inputs(
+    queries: np.ndarray, database: np.ndarray, metric: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(queries as contiguous float32 Q×D, database as an array N×D) after validating metric and shapes."""
+    if metric not in ("ip", "l2"):
+        raise ValueError(f"metric must be 'ip' or 'l2', got {metric!r}")
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    db = np.asarray(database)
+    if q.ndim != 2 or db.ndim != 2:
+        raise ValueError(f"queries and database must be 2-D, got shapes {q.shape} and {db.shape}")
+    if q.shape[1] != db.shape[1]:
+        raise ValueError(f"dimension mismatch: queries are {q.shape[1]}-D, database is {db.shape[1]}-D")
+    _check_finite(q, "query")
+    return q, db
+
+
+def _resolve_backend(backend: str, device: str) -> str:
+    """The concrete backend for ``backend`` ("auto": numpy on CPU, torch on other devices)."""
+    if backend == "auto":
+        backend = "numpy" if device == "cpu" else "torch"
+    if backend not in ("faiss", "numpy", "torch"):
+        raise ValueError(f"backend must be 'faiss', 'numpy', 'torch' or 'auto', got {backend!r}")
+    return backend
+
+
+def _block_search(backend: str, k: int, metric: str, device: str, tall: bool):
+    """(prepare, block_topk) of ``backend``: ``prepare(dblk, half)`` once per database block,
+    ``block_topk(query_chunk, prepared, b0)`` → the chunk's stable top-k (scores, ids + b0)."""
+    if backend == "faiss":
+        return _faiss_block_search(k, metric)
+    if backend == "torch":
+        return _torch_block_search(k, device, tall)
+    return _numpy_block_search(k, tall)
+
+
+def _search_blocks(q, db, k, block, q_chunk, metric, prepare, block_topk, progress):
+    """Run ``block_topk`` over every (database block, query chunk); (scores Q×k, ids Q×k).
+
+    Scores are the backends' "higher is better" scores (for "l2": q·d − ‖d‖²/2).
+    """
+    nq, n = q.shape[0], db.shape[0]
+    starts = range(0, n, block)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc="search", unit="block", total=-(-n // block))
+    # Query chunks inside database blocks: each database block is read once from memory.
+    run_s = [None] * (-(-nq // q_chunk))
+    run_i = [None] * len(run_s)
+    for b0 in starts:
+        dblk = np.asarray(db[b0 : b0 + block], dtype=np.float32)
+        # Per block (the block is in memory anyway): a NaN row would score NaN against every
+        # query and land at an arbitrary rank, so refuse instead of returning garbage.
+        _check_finite(dblk, "database", b0)
+        # metric "l2" ranks by q·d − ‖d‖²/2 (= (‖q‖² − ‖q − d‖²)/2: ‖q‖² is constant per query).
+        half = (np.float32(-0.5) * _sq_norms(dblk)) if metric == "l2" else None
+        dprep = prepare(dblk, half)  # moved to the device once per block
+        for c, q0 in enumerate(range(0, nq, q_chunk)):
+            bs, bi = block_topk(q[q0 : q0 + q_chunk], dprep, b0)
+            if run_s[c] is None:
+                run_s[c], run_i[c] = bs, bi
+            else:
+                run_s[c], run_i[c] = _select_stable(
+                    np.concatenate([run_s[c], bs], 1), np.concatenate([run_i[c], bi], 1), k
+                )
+    out_s = np.empty((nq, k), np.float32)
+    out_i = np.empty((nq, k), np.int64)
+    for c, q0 in enumerate(range(0, nq, q_chunk)):
+        out_s[q0 : q0 + q_chunk] = run_s[c]
+        out_i[q0 : q0 + q_chunk] = run_i[c]
+    return out_s, out_i
+
+
 def topk(
     queries: np.ndarray,
     database: np.ndarray,
@@ -177,111 +311,22 @@ def topk(
     Returns:
         (scores Q×k float32, ids Q×k int64).
     """
-    if metric not in ("ip", "l2"):
-        raise ValueError(f"metric must be 'ip' or 'l2', got {metric!r}")
-    q = np.ascontiguousarray(queries, dtype=np.float32)
-    db = np.asarray(database)
-    if q.ndim != 2 or db.ndim != 2:
-        raise ValueError(f"queries and database must be 2-D, got shapes {q.shape} and {db.shape}")
-    if q.shape[1] != db.shape[1]:
-        raise ValueError(f"dimension mismatch: queries are {q.shape[1]}-D, database is {db.shape[1]}-D")
+    q, db = _check_topk_inputs(queries, database, metric)
     nq, n = q.shape[0], db.shape[0]
-    _check_finite(q, "query")
     k = min(int(k), n)
     if k < 1 or nq == 0:
         return np.zeros((nq, max(k, 0)), np.float32), np.zeros((nq, max(k, 0)), np.int64)
-    if backend == "auto":
-        backend = "numpy" if device == "cpu" else "torch"
-    if backend not in ("faiss", "numpy", "torch"):
-        raise ValueError(f"backend must be 'faiss', 'numpy', 'torch' or 'auto', got {backend!r}")
+    backend = _resolve_backend(backend, device)
     q_chunk = min(nq, 4096)
     if block is None:
         # faiss forms no block score matrix: the bound is the block's float32 copy (128 MiB).
         block = max(1024, _SCORE_BUDGET // (q.shape[1] if backend == "faiss" else q_chunk))
     block = max(1, int(block))
-
     # A few queries against a block: compute block @ q.T (a tall GEMM) and transpose; measured
     # single-threaded at 20k×256 with 4 queries: 1.8 ms vs 6.8 ms for q @ block.T.
     tall = q_chunk < 64
-    if backend == "faiss":
-        prepare, block_topk = _faiss_block_search(k, metric)
-    elif backend == "torch":
-        import torch
-
-        dev = torch.device(device)
-
-        def prepare(dblk: np.ndarray, half: np.ndarray | None):
-            th = None if half is None else torch.from_numpy(half).to(dev)
-            return torch.from_numpy(np.ascontiguousarray(dblk)).to(dev), th
-
-        def block_topk(qc: np.ndarray, prepared, b0: int):
-            tb, th = prepared
-            ta = torch.from_numpy(qc).to(dev)
-            if th is None:
-                sc = (tb @ ta.T).T if tall else ta @ tb.T
-            else:  # the bias −‖d‖²/2 added inside the GEMM: no extra pass over the scores
-                sc = torch.addmm(th[:, None], tb, ta.T).T if tall else torch.addmm(th[None, :], ta, tb.T)
-            if k == 1:
-                v, i = sc.max(dim=1, keepdim=True)  # first maximal index: ties → smaller id
-                return v.cpu().numpy(), i.cpu().numpy().astype(np.int64) + b0
-            v, i = torch.topk(sc, min(k, sc.shape[1]), dim=1)
-            v, i = v.cpu().numpy(), i.cpu().numpy().astype(np.int64)
-            # torch.topk picks arbitrarily among values tied with the k-th: redo those rows stably.
-            n_ge = (sc >= torch.from_numpy(v[:, -1:]).to(dev)).sum(dim=1).cpu().numpy()
-            for row in np.flatnonzero(n_ge > v.shape[1]):
-                sv, si = torch.sort(sc[row], descending=True, stable=True)
-                v[row], i[row] = sv[: v.shape[1]].cpu().numpy(), si[: v.shape[1]].cpu().numpy()
-            return _select_stable(v, i + b0, k)
-    else:
-
-        def prepare(dblk: np.ndarray, half: np.ndarray | None):
-            return dblk, half
-
-        def block_topk(qc: np.ndarray, prepared, b0: int):
-            dblk, half = prepared
-            if tall:
-                sc = dblk @ qc.T
-                if half is not None:
-                    sc += half[:, None]
-                sc = np.ascontiguousarray(sc.T)
-            else:
-                sc = qc @ dblk.T
-                if half is not None:
-                    sc += half[None, :]
-            if k == 1:
-                i = sc.argmax(axis=1)[:, None]  # first maximal index: ties → smaller id
-                return np.take_along_axis(sc, i, 1), i.astype(np.int64) + b0
-            return _block_topk(sc, k, b0)
-
-    out_s = np.empty((nq, k), np.float32)
-    out_i = np.empty((nq, k), np.int64)
-    starts = range(0, n, block)
-    if progress:
-        from tqdm import tqdm
-
-        starts = tqdm(starts, desc="search", unit="block", total=-(-n // block))
-    # Query chunks inside database blocks: each database block is read once from memory.
-    run_s = [None] * (-(-nq // q_chunk))
-    run_i = [None] * len(run_s)
-    for b0 in starts:
-        dblk = np.asarray(db[b0 : b0 + block], dtype=np.float32)
-        # Per block (the block is in memory anyway): a NaN row would score NaN against every
-        # query and land at an arbitrary rank, so refuse instead of returning garbage.
-        _check_finite(dblk, "database", b0)
-        # metric "l2" ranks by q·d − ‖d‖²/2 (= (‖q‖² − ‖q − d‖²)/2: ‖q‖² is constant per query).
-        half = (np.float32(-0.5) * _sq_norms(dblk)) if metric == "l2" else None
-        dprep = prepare(dblk, half)  # moved to the device once per block
-        for c, q0 in enumerate(range(0, nq, q_chunk)):
-            bs, bi = block_topk(q[q0 : q0 + q_chunk], dprep, b0)
-            if run_s[c] is None:
-                run_s[c], run_i[c] = bs, bi
-            else:
-                run_s[c], run_i[c] = _select_stable(
-                    np.concatenate([run_s[c], bs], 1), np.concatenate([run_i[c], bi], 1), k
-                )
-    for c, q0 in enumerate(range(0, nq, q_chunk)):
-        out_s[q0 : q0 + q_chunk] = run_s[c]
-        out_i[q0 : q0 + q_chunk] = run_i[c]
+    prepare, block_topk = _block_search(backend, k, metric, device, tall)
+    out_s, out_i = _search_blocks(q, db, k, block, q_chunk, metric, prepare, block_topk, progress)
     if metric == "l2":
         qn = _sq_norms(q)
         out_s = np.maximum(qn[:, None] - 2.0 * out_s, 0.0).astype(np.float32)
