@@ -4,7 +4,8 @@ Parts: ``localize`` (photo → top-k database images and an estimated location: 
 ``netvlad query --json`` prints and ``POST /localize`` returns), ``batching`` (micro-batches of
 concurrent requests for the model, run off the event loop), ``app`` (the ASGI application:
 ``/localize``, ``/healthz``, ``/api/index``, thumbnails and the page with the map; needs the
-``serve`` extra), ``report`` (HTML pages for ``evaluate --html`` and ``query --html``).
+``serve`` extra), ``upload`` (the app's ``POST /localize`` form → a job for the model), ``report``
+(HTML pages for ``evaluate --html`` and ``query --html``).
 Importing this package imports neither FastAPI nor the model code.
 """
 

@@ -17,7 +17,6 @@ import contextlib
 import hmac
 import io
 import logging
-import os
 import shutil
 import tempfile
 import threading
@@ -29,15 +28,16 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from netvlad.extract import DEFAULT_MAX_PIXELS, ModelImageReader
-from netvlad.rerank.prior import PositionPrior, utm_latlon
+from netvlad.rerank.prior import utm_latlon
 from netvlad.serve.batching import MicroBatcher
 from netvlad.serve.localize import describe_images, index_summary, localize_descriptors
+from netvlad.serve.upload import RequestError, UploadJob, read_job, too_large_text
 
 log = logging.getLogger("netvlad.serve")
 
@@ -81,26 +81,6 @@ class ServeConfig:
         }
 
 
-class RequestError(Exception):
-    """A bad request: ``status`` and the message the client gets."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status, self.message = status, message
-
-
-@dataclass
-class _Job:
-    path: Path
-    label: str
-    k: int
-    prior: PositionPrior | None
-
-
-class _BodyTooLarge(Exception):
-    pass
-
-
 class Localizer:
     """The model side of a batch: upload files → descriptors → result objects (or a RequestError
     per bad image). Runs in the batcher's worker thread."""
@@ -109,7 +89,7 @@ class Localizer:
         self.index, self.model, self.cfg = index, model, config
         self._reader = ModelImageReader(model, **config.image_settings())
 
-    def __call__(self, jobs: list[_Job]) -> list:
+    def __call__(self, jobs: list[UploadJob]) -> list:
         desc = describe_images(
             self.model,
             [j.path for j in jobs],
@@ -128,48 +108,13 @@ class Localizer:
             out.append(localize_descriptors(self.index, row[None], j.k, [j.label], [j.prior])[0])
         return out
 
-    def _why_bad(self, job: _Job) -> str:
+    def _why_bad(self, job: UploadJob) -> str:
         """The reason an upload gave no descriptor, naming the upload instead of its temp file."""
         try:
             self._reader(job.path)
         except ValueError as exc:
             return str(exc).replace(str(job.path), job.label)
         return f"{job.label}: the model produced a non-finite descriptor for it"
-
-
-def _int_field(form, name: str, default: int, lo: int, hi: int) -> int:
-    raw = form.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        v = int(str(raw))
-    except ValueError:
-        raise RequestError(
-            400, f"field {name!r} must be an integer from {lo} to {hi}, got {str(raw)[:40]!r}"
-        ) from None
-    if not lo <= v <= hi:
-        raise RequestError(400, f"field {name!r} must be an integer from {lo} to {hi}, got {v}")
-    return v
-
-
-def _prior_fields(form, index) -> PositionPrior | None:
-    names = ("lat", "lon", "radius_m")
-    given = [form.get(n) not in (None, "") for n in names]
-    if not any(given):
-        return None
-    if not all(given):
-        missing = [n for n, g in zip(names, given) if not g]
-        raise RequestError(400, f"a position prior needs lat, lon and radius_m; missing {', '.join(missing)}")
-    try:
-        lat, lon, radius = (float(str(form.get(n))) for n in names)
-    except ValueError:
-        raise RequestError(400, "lat, lon and radius_m must be numbers (degrees, degrees, metres)") from None
-    if index.utm is None:
-        raise RequestError(400, "the loaded index holds no coordinates; it cannot take a position prior")
-    try:
-        return PositionPrior.from_latlon(lat, lon, radius, index.meta.get("zone"))
-    except ValueError as exc:
-        raise RequestError(400, str(exc)) from None
 
 
 class _Thumbnails:
@@ -221,42 +166,34 @@ def _authorised(request: Request, token: str) -> bool:
     return hmac.compare_digest(given.encode(), token.encode())
 
 
-def create_app(
-    index,
-    model,
-    config: ServeConfig | None = None,
-    db_paths: Mapping[str, Path] | None = None,
-    model_ref: str | None = None,
-) -> FastAPI:
-    """The ASGI application serving ``index`` with ``model`` (both loaded already and checked to
-    fit each other: :func:`netvlad.serve.check_model_for_index`).
+@dataclass
+class _ServeState:
+    """What the running service learns at startup: ready for requests, and its upload folder."""
 
-    Args:
-        db_paths: database image name → file, for ``/thumb/{id}`` (None: no thumbnails).
-        model_ref: how the model is named in ``/api/index``.
-    """
-    cfg = config or ServeConfig()
-    localizer = Localizer(index, model, cfg)
-    batcher = MicroBatcher(localizer, cfg.max_batch, cfg.max_wait_ms / 1000)
-    thumbs = _Thumbnails(index, db_paths)
-    state = {"ready": False, "tmp": None}
+    ready: bool = False
+    tmp: Path | None = None
+
+
+def _lifespan(batcher: MicroBatcher, state: _ServeState):
+    """Startup/shutdown: the upload temp folder and the batcher's worker live as long as the app."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        state["tmp"] = Path(tempfile.mkdtemp(prefix="netvlad-serve-"))
+        state.tmp = Path(tempfile.mkdtemp(prefix="netvlad-serve-"))
         await batcher.start()
-        state["ready"] = True
+        state.ready = True
         try:
             yield
         finally:
-            state["ready"] = False
+            state.ready = False
             await batcher.stop()
-            shutil.rmtree(state["tmp"], ignore_errors=True)
+            shutil.rmtree(state.tmp, ignore_errors=True)
 
-    app = FastAPI(title="netvlad localisation service", lifespan=lifespan)
-    app.state.batcher = batcher
-    app.state.config = cfg
-    summary = index_summary(index, model_ref)
+    return lifespan
+
+
+def _add_guard(app: FastAPI, cfg: ServeConfig) -> None:
+    """Middleware: the bearer token (all but the public paths and the page) and the upload limit."""
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
@@ -273,6 +210,10 @@ def create_app(
                 return _too_large(cfg)
         return await call_next(request)
 
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error as JSON ``{"error": ...}``; an internal one with an id logged beside its traceback."""
+
     @app.exception_handler(RequestError)
     async def _bad(request: Request, exc: RequestError):
         return JSONResponse({"error": exc.message}, status_code=exc.status)
@@ -287,13 +228,20 @@ def create_app(
         log.error("internal error %s on %s %s", eid, request.method, request.url.path, exc_info=exc)
         return JSONResponse({"error": "internal error", "id": eid}, status_code=500)
 
-    @app.get("/healthz")
+
+def _info_routes(
+    index, cfg: ServeConfig, summary: dict, thumbs: _Thumbnails, state: _ServeState
+) -> APIRouter:
+    """``/healthz``, ``/api/index``, ``/api/points`` and ``/thumb/{id}``: what is loaded, no model."""
+    router = APIRouter()
+
+    @router.get("/healthz")
     async def healthz():
-        if not state["ready"]:
+        if not state.ready:
             return JSONResponse({"status": "starting"}, status_code=503)
         return {"status": "ok"}
 
-    @app.get("/api/index")
+    @router.get("/api/index")
     async def api_index():
         return {
             **summary,
@@ -303,7 +251,7 @@ def create_app(
             "thumbnails": bool(thumbs.paths),
         }
 
-    @app.get("/api/points")
+    @router.get("/api/points")
     async def api_points():
         if index.utm is None:
             return {"ids": [], "utm": [], "latlon": None}
@@ -316,7 +264,7 @@ def create_app(
             "latlon": utm_latlon(utm, zone) if zone else None,
         }
 
-    @app.get("/thumb/{image_id}")
+    @router.get("/thumb/{image_id}")
     async def thumb(image_id: str):
         if not image_id.isdigit():
             raise RequestError(404, "no such database image")
@@ -325,16 +273,30 @@ def create_app(
             raise RequestError(404, "no thumbnail for this database image")
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
-    @app.post("/localize")
+    return router
+
+
+def _localize_routes(index, cfg: ServeConfig, batcher: MicroBatcher, state: _ServeState) -> APIRouter:
+    """``POST /localize``: the upload → the batcher → the result object."""
+    router = APIRouter()
+
+    @router.post("/localize")
     async def localize(request: Request):
-        job = await _read_job(request, cfg, index, state["tmp"])
+        job = await read_job(request, cfg, index, state.tmp)
         try:
             res = await batcher.submit(job)
         finally:
             job.path.unlink(missing_ok=True)
         return JSONResponse(res)
 
-    @app.get("/")
+    return router
+
+
+def _page_routes(cfg: ServeConfig) -> APIRouter:
+    """``GET /``: the page; ``?token=`` sets the token cookie and redirects to the bare page."""
+    router = APIRouter()
+
+    @router.get("/")
     async def page(request: Request):
         tok = request.query_params.get("token")
         if cfg.token and tok is not None:
@@ -345,55 +307,38 @@ def create_app(
             return resp
         return FileResponse(_static_dir() / "index.html", headers={"Cache-Control": "no-cache"})
 
+    return router
+
+
+def create_app(
+    index,
+    model,
+    config: ServeConfig | None = None,
+    db_paths: Mapping[str, Path] | None = None,
+    model_ref: str | None = None,
+) -> FastAPI:
+    """The ASGI application serving ``index`` with ``model`` (both loaded already and checked to
+    fit each other: :func:`netvlad.serve.check_model_for_index`).
+
+    Args:
+        db_paths: database image name → file, for ``/thumb/{id}`` (None: no thumbnails).
+        model_ref: how the model is named in ``/api/index``.
+    """
+    cfg = config or ServeConfig()
+    batcher = MicroBatcher(Localizer(index, model, cfg), cfg.max_batch, cfg.max_wait_ms / 1000)
+    thumbs = _Thumbnails(index, db_paths)
+    state = _ServeState()
+    app = FastAPI(title="netvlad localisation service", lifespan=_lifespan(batcher, state))
+    app.state.batcher = batcher
+    app.state.config = cfg
+    _add_guard(app, cfg)
+    _add_error_handlers(app)
+    app.include_router(_info_routes(index, cfg, index_summary(index, model_ref), thumbs, state))
+    app.include_router(_localize_routes(index, cfg, batcher, state))
+    app.include_router(_page_routes(cfg))
     app.mount("/static", StaticFiles(directory=_static_dir()), name="static")
     return app
 
 
-def _too_large_text(cfg: ServeConfig) -> str:
-    return f"request body over the {cfg.max_upload_bytes}-byte limit (netvlad serve --max-upload-mb)"
-
-
 def _too_large(cfg: ServeConfig) -> JSONResponse:
-    return JSONResponse({"error": _too_large_text(cfg)}, status_code=413)
-
-
-async def _read_job(request: Request, cfg: ServeConfig, index, tmp: Path) -> _Job:
-    """Parse the multipart form into a job whose image lies in a temp file under ``tmp``."""
-    ctype = request.headers.get("content-type", "")
-    if not ctype.startswith("multipart/form-data"):
-        raise RequestError(400, "expected a multipart/form-data body with an 'image' file field")
-    # Count the body as it arrives: a chunked upload has no Content-Length to check up front.
-    seen = 0
-    receive = request._receive
-
-    async def counted():
-        nonlocal seen
-        msg = await receive()
-        seen += len(msg.get("body", b""))
-        if seen > cfg.max_upload_bytes:
-            raise _BodyTooLarge()
-        return msg
-
-    request._receive = counted
-    try:
-        form = await request.form(max_files=1, max_fields=8)
-    except _BodyTooLarge:
-        raise RequestError(413, _too_large_text(cfg)) from None
-    except Exception as exc:  # noqa: BLE001 - a malformed body from a client is its problem, said in one line
-        raise RequestError(400, f"could not parse the multipart form: {str(exc)[:200]}") from None
-    upload = form.get("image")
-    if upload is None:
-        raise RequestError(400, "missing form field 'image' (the photo to localise)")
-    if isinstance(upload, str) or not hasattr(upload, "read"):
-        raise RequestError(400, "form field 'image' must be a file upload, not text")
-    k = _int_field(form, "k", cfg.k_default, 1, cfg.k_max)
-    prior = _prior_fields(form, index)
-    label = os.path.basename(upload.filename or "") or "upload"
-    data = await upload.read()
-    await form.close()
-    if not data:
-        raise RequestError(400, f"{label}: empty file")
-    fd, name = tempfile.mkstemp(dir=tmp, suffix=".upload")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    return _Job(Path(name), label, k, prior)
+    return JSONResponse({"error": too_large_text(cfg.max_upload_bytes)}, status_code=413)
