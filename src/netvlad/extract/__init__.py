@@ -15,14 +15,15 @@ CPU speed (benchmarks/extract.py): inference_mode, channels_last activations and
 process with torch's default thread count (one per core), JPEG decoding overlapped in DataLoader
 workers that use one thread each, and glibc malloc tuning (:func:`tune_malloc`).
 
-Parts: ``config`` (settings), ``sizing`` (the pixel bound and memory estimates), ``run`` (batched
-extraction), ``single`` (one image), ``shard`` / ``merge`` / ``distributed`` (several processes or
-machines: shards of whole batches, their merge, torchrun ranks), ``patches`` (Patch-NetVLAD patch
-features).
+Parts: ``config`` (settings), ``sizing`` (the pixel bound and memory estimates), ``batches`` (the
+size-bucketed batch plan and image decoding), ``run`` (batched extraction), ``single`` (one image),
+``shard`` / ``merge`` / ``distributed`` (several processes or machines: shards of whole batches,
+their merge, torchrun ranks), ``patches`` (Patch-NetVLAD patch features).
 """
 
 from __future__ import annotations
 
+from netvlad.extract.batches import plan_batches, preprocess_for
 from netvlad.extract.config import (
     DEFAULT_MAX_PIXELS,
     OVERSIZE_MODES,
@@ -42,12 +43,7 @@ from netvlad.extract.patches import (
     patch_file_for,
     patch_positions,
 )
-from netvlad.extract.run import (
-    compute_descriptors,
-    extract_features,
-    plan_batches,
-    preprocess_for,
-)
+from netvlad.extract.run import compute_descriptors, extract_features
 from netvlad.extract.shard import ShardPlan, extract_shard, parse_shard, plan_shards, shard_path
 from netvlad.extract.single import ModelImageReader, compute_representation
 from netvlad.extract.sizing import estimate_forward_bytes, fit_size, forward_bytes_per_pixel

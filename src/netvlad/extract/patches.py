@@ -26,19 +26,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from netvlad.data.images import ImageLoadError, image_size
+from netvlad.extract.batches import _collate, _ImageFiles, _plan, _worker_init, preprocess_for
 from netvlad.extract.config import ExtractConfig, default_num_workers, tune_malloc
-from netvlad.extract.run import (
-    _as_dict,
-    _check_model,
-    _collate,
-    _compute_type,
-    _ImageFiles,
-    _plan,
-    _prepared,
-    _worker_init,
-    autocast_for,
-    preprocess_for,
-)
+from netvlad.extract.run import _as_dict, _check_model, _compute_type, _prepared, autocast_for
 from netvlad.extract.sizing import SizePolicy
 from netvlad.io import OutputStatus, PatchWriter
 from netvlad.layers import NetVLAD, whole_l2n

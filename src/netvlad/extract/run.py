@@ -13,98 +13,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from netvlad.data.images import ImageLoadError, image_size, load_image
+from netvlad.data.images import ImageLoadError
+from netvlad.extract.batches import _collate, _ImageFiles, _plan, _worker_init, preprocess_for
 from netvlad.extract.config import ExtractConfig, default_num_workers, tune_malloc
 from netvlad.extract.precision import Runner, calibration_rows, make_runner, precision_note
-from netvlad.extract.sizing import SizePolicy, fitted_preprocess
+from netvlad.extract.sizing import SizePolicy
 from netvlad.io import FeatureWriter, OutputStatus
 
 logger = logging.getLogger("netvlad.extract")
-
-
-def plan_batches(sizes: Sequence[Any], batch_size: int, pixels: Sequence[int] | None = None,
-                 max_pixels: int | None = None) -> list[list[int]]:
-    """Group image indices by size into batches of at most ``batch_size``.
-
-    Buckets come in order of their first image, indices keep their order within a bucket, so a
-    set of equal-size images is batched in file order. Deterministic: resuming relies on it.
-
-    With ``pixels`` (each image's network-input pixel count, equal within a bucket) and
-    ``max_pixels``, a batch also holds at most ``max_pixels`` pixels (always at least one image):
-    the memory of a forward pass grows with the pixels of the whole batch.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    buckets: dict[Any, list[int]] = {}
-    for i, s in enumerate(sizes):
-        buckets.setdefault(s, []).append(i)
-    plan = []
-    for b in buckets.values():
-        n = batch_size
-        if pixels is not None and max_pixels is not None and pixels[b[0]] > 0:
-            n = max(1, min(batch_size, max_pixels // pixels[b[0]]))
-        plan.extend(b[j:j + n] for j in range(0, len(b), n))
-    return plan
-
-
-class _ImageFiles(torch.utils.data.Dataset):
-    """Decodes and preprocesses one image; a bad file becomes (index, None, message).
-
-    An image over ``max_pixels`` is decoded straight to its downscaled size (JPEG: at reduced DCT
-    scale), or refused, from the size :class:`SizePolicy` gives for its decoded orientation.
-    """
-
-    def __init__(self, paths: Sequence[Path], policy: SizePolicy):
-        self.paths = list(paths)
-        self.policy = policy
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        path, target = self.paths[i], None
-
-        def fit(h: int, w: int) -> tuple[int, int] | None:
-            nonlocal target
-            target = self.policy.check(path, h, w)[0]
-            return target
-
-        try:
-            img = load_image(path, honour_exif=self.policy.cfg.exif_orientation, fit=fit)
-        except ImageLoadError as exc:
-            return i, None, str(exc)
-        return i, fitted_preprocess(self.policy.pre, target).apply(img), None
-
-
-def _collate(items):
-    groups: dict[tuple, tuple[list[int], list[torch.Tensor]]] = {}
-    bad = []
-    for i, t, err in items:
-        if err is not None:
-            bad.append((i, err))
-        else:
-            # Split by decoded shape too, in case a header disagreed with the pixels.
-            rows, ts = groups.setdefault(tuple(t.shape), ([], []))
-            rows.append(i)
-            ts.append(t)
-    return [(rows, torch.stack(ts)) for rows, ts in groups.values()], bad
-
-
-def _worker_init(_worker_id: int) -> None:
-    # Decoding is single-threaded; extra intra-op threads in workers only steal the main
-    # process's cores.
-    torch.set_num_threads(1)
-
-
-def preprocess_for(model: torch.nn.Module, max_side: int | None) -> Any:
-    """The model's Preprocess with ``ExtractConfig.max_side`` applied (None: as is, 0: no resize)."""
-    pre = model.preprocess
-    if max_side is None:
-        return pre
-    if int(max_side) < 0:
-        raise ValueError(f"max_side must be >= 0 (0: native resolution), got {max_side}")
-    # Preprocess says "no resize" with max_side=None and resize=None; an explicit value replaces both.
-    return dataclasses.replace(pre, max_side=int(max_side) or None, resize=None)
 
 
 def _as_dict(obj: Any) -> dict:
@@ -185,42 +101,6 @@ def _forward(runner: Runner | torch.nn.Module, x: torch.Tensor, cfg: ExtractConf
         # The final L2 norm may have run in reduced precision; redo it in float32.
         y = y / y.norm(dim=1, keepdim=True).clamp_min(1e-12)
     return y.cpu().numpy()
-
-
-def _plan(model, paths: Sequence[Path], todo: np.ndarray, cfg: ExtractConfig
-          ) -> tuple[list[list[int]], list[tuple[int, str]]]:
-    """The batches of the images still to do, and the (row, reason) of those that are bad.
-
-    Every header is read (done images too: the plan must be the uninterrupted run's plan). A bad
-    or refused image still to do raises ImageLoadError unless ``cfg.skip_bad``; the downscale of an
-    oversize one is logged here, once, in the main process.
-    """
-    policy = SizePolicy(preprocess_for(model, cfg.max_side), cfg, model)
-    sizes: list[Any] = []
-    pixels: list[int] = []
-    bad: list[tuple[int, str]] = []
-    for i, p in enumerate(paths):
-        try:
-            hw = image_size(p, honour_exif=cfg.exif_orientation)
-            sizes.append(hw)
-            pixels.append(policy.pixels(*hw))
-            note = policy.check(p, *hw)[1] if todo[i] else None
-        except ImageLoadError as exc:
-            if len(sizes) == i:
-                sizes.append(("bad", i))  # a bucket of its own
-                pixels.append(0)
-            if todo[i] and not cfg.skip_bad:
-                raise
-            if todo[i]:
-                bad.append((i, str(exc)))
-            continue
-        if note:
-            logger.warning(note)
-    # A refused image keeps its size bucket so that redoing it later cannot move other batches.
-    skip = {i for i, _ in bad}
-    plan = [[i for i in b if todo[i] and i not in skip]
-            for b in plan_batches(sizes, cfg.batch_size, pixels, cfg.max_pixels)]
-    return [b for b in plan if b], bad
 
 
 def _iter_descriptors(model, paths: Sequence[Path], todo: np.ndarray, cfg: ExtractConfig,
@@ -339,15 +219,7 @@ def extract_features(model, paths: Sequence[str | Path], names: Sequence[str], o
     paths = [Path(p) for p in paths]
     names = [str(n) for n in names]
     out = Path(out)
-    if cfg.batch_size < 1:  # checked before the partial file exists (README: When things go wrong)
-        raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
-    if not paths:
-        raise ValueError(f"{out}: empty image list, nothing to extract")
-    if len(paths) != len(names):
-        raise ValueError(f"{out}: {len(paths)} paths but {len(names)} names")
-    if len(set(names)) != len(names):
-        dup = next(n for i, n in enumerate(names) if n in names[:i])
-        raise ValueError(f"{out}: duplicate image name {dup!r}")
+    _check_image_list(paths, names, out, cfg)
     _check_model(model)
     attrs = {**file_attrs(model, cfg), **(extra_attrs or {})}
     writer = FeatureWriter(out, names, int(model.out_dim), "float16" if cfg.half else "float32", attrs,
@@ -358,6 +230,27 @@ def extract_features(model, paths: Sequence[str | Path], names: Sequence[str], o
         on_status(writer.status)
     if writer.status.kind == "up-to-date":
         return out
+    _write_descriptors(writer, model, paths, todo, cfg, out, callback)
+    return _finish(writer, out)
+
+
+def _check_image_list(paths: list[Path], names: list[str], out: Path, cfg: ExtractConfig) -> None:
+    """ValueError for a request that cannot make a feature file, before the partial file exists."""
+    if cfg.batch_size < 1:  # checked before the partial file exists (README: When things go wrong)
+        raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
+    if not paths:
+        raise ValueError(f"{out}: empty image list, nothing to extract")
+    if len(paths) != len(names):
+        raise ValueError(f"{out}: {len(paths)} paths but {len(names)} names")
+    if len(set(names)) != len(names):
+        dup = next(n for i, n in enumerate(names) if n in names[:i])
+        raise ValueError(f"{out}: duplicate image name {dup!r}")
+
+
+def _write_descriptors(writer: FeatureWriter, model, paths: list[Path], todo: np.ndarray, cfg: ExtractConfig,
+                       out: Path, callback: Callable[[int, int], None] | None) -> None:
+    """Compute the rows still to do into the open ``writer``; on any exception leave a resumable
+    partial file (or none, if nothing was computed in a new one) and re-raise."""
     try:
         # closing(): on an exception, shut the loader's workers and restore the model right away
         # rather than whenever the traceback is released.
@@ -368,14 +261,18 @@ def extract_features(model, paths: Sequence[str | Path], names: Sequence[str], o
                 else:
                     writer.write(rows, desc)
                 if callback is not None:
-                    callback(writer.done, len(names))
+                    callback(writer.done, len(paths))
     except BaseException:
         if writer.done == 0 and writer.status.kind == "new":
             writer.discard()  # nothing computed yet: nothing to resume, no file left behind
             raise
-        logger.info("%s: stopped after %d of %d images; rerun to resume", out, writer.done, len(names))
+        logger.info("%s: stopped after %d of %d images; rerun to resume", out, writer.done, len(paths))
         writer.close()
         raise
+
+
+def _finish(writer: FeatureWriter, out: Path) -> Path:
+    """Rename the complete file into place, warning about the bad images it lists."""
     bad = writer.bad_images
     path = writer.finish()
     if bad:

@@ -33,15 +33,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from netvlad.data.images import ImageLoadError, image_size
+from netvlad.extract.batches import plan_batches, preprocess_for
 from netvlad.extract.config import ExtractConfig
-from netvlad.extract.run import (
-    _check_model,
-    _config,
-    extract_features,
-    file_attrs,
-    plan_batches,
-    preprocess_for,
-)
+from netvlad.extract.run import _check_model, _config, extract_features, file_attrs
 from netvlad.extract.sizing import SizePolicy
 from netvlad.io import (
     FeatureFileError,
