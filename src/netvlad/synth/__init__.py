@@ -8,6 +8,7 @@ jitter), and geographically disjoint train / val / test districts. See `generate
 
 from __future__ import annotations
 
+from netvlad.synth.conditions import CONDITIONS, Condition, sample_condition
 from netvlad.synth.config import CONDITION_NAMES, SIZE_PRESETS, SPLITS, SynthConfig
 from netvlad.synth.generate import (
     SynthTown,
@@ -18,7 +19,7 @@ from netvlad.synth.generate import (
     render_view,
     sample_occluders,
 )
-from netvlad.synth.render import CONDITIONS, Camera, Condition, Renderer, sample_condition
+from netvlad.synth.render import Camera, Renderer
 from netvlad.synth.town import Town, build_town
 
 __all__ = [

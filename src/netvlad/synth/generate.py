@@ -15,9 +15,10 @@ from tqdm.auto import tqdm
 
 from netvlad._atomic import atomic_write
 from netvlad._outputs import check_output_dir, folder_holds_only
+from netvlad.synth.conditions import CONDITIONS, sample_condition
 from netvlad.synth.config import SPLITS, SynthConfig
 from netvlad.synth.manifest import JOURNAL, MANIFEST, TownWriter, prepare_folder
-from netvlad.synth.render import CONDITIONS, Camera, Renderer, sample_condition
+from netvlad.synth.render import Camera, Renderer
 from netvlad.synth.town import District, Town, build_town
 
 _KINDS = ("db", "query")
