@@ -24,7 +24,7 @@ from netvlad.metrics import (
 
 
 def _oracle_recall(q, db, q_utm, db_utm, ns, radius=25.0, groups=None, exclude=None):
-    """Spec §1.11 in plain loops, float64: squared-L2 ranking, ties by index, 25 m positives."""
+    """The original's recallAtN in plain loops, float64: squared-L2 ranking, ties by index, 25 m positives."""
     hits = []
     for i in range(len(q)):
         if not np.isfinite(q[i]).all():  # a failed image: retrieves nothing, stays in the denominator

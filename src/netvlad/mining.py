@@ -1,4 +1,4 @@
-"""Hard-negative mining on cached descriptors (``trainWeakly``'s per-query steps 1–6, §1.6).
+"""Hard-negative mining on cached descriptors (``trainWeakly``'s per-query steps 1–6).
 
 Pure functions: descriptors and index arrays in, index tuples out. The dataset is only asked
 for geometry (non-trivial positives, random negatives) by the caller, so mining can be tested

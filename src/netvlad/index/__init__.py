@@ -1,7 +1,7 @@
 """Nearest-neighbour search over global descriptors: exact blockwise top-k and FAISS indexes.
 
-The original ranks database images by squared L2 distance with an exact search (``yael_nn``,
-spec §1.11). On L2-normalised database rows, ranking by inner product gives the same order
+The original ranks database images by squared L2 distance with an exact search (``yael_nn`` in
+its ``recallAtN``). On L2-normalised database rows, ranking by inner product gives the same order
 (‖q − d‖² = ‖q‖² + 1 − 2·q·d), so the indexes work on inner products and refuse database rows that
 are not unit-norm; the exact search also ranks by squared L2 (``metric="l2"``), which evaluation
 uses so that any feature file is ranked as the original ranks it. Ties are broken by database
@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from netvlad.index.exact import check_unit_norm, l2_normalize, topk
 from netvlad.index.faiss_index import INDEX_KINDS, IndexConfig, SearchIndex, build_index, load_index
-from netvlad.index.ondisk import ONDISK_KINDS, OnDiskIndex, build_ondisk_index, load_ondisk_index
+from netvlad.index.ondisk import ONDISK_KINDS, OnDiskIndex, load_ondisk_index
+from netvlad.index.ondisk_build import build_ondisk_index
 from netvlad.index.pairs import pairs_from_retrieval
 
 __all__ = [

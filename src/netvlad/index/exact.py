@@ -22,7 +22,7 @@ UNIT_NORM_TOLERANCE = 1e-2
 
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Row-wise x / (‖x‖₂ + eps) (the MATLAB convention of spec §1.11), as float32.
+    """Row-wise x / (‖x‖₂ + eps) (the original MATLAB code's normalisation), as float32.
 
     Args:
         x: N×D array.
