@@ -27,6 +27,14 @@ Every feature file goes through this subpackage; the other h5py users read MATLA
 
 from __future__ import annotations
 
+from netvlad.io.compare import (
+    FeaturePair,
+    MixedModelsError,
+    check_same_model,
+    load_database_features,
+    load_db_and_queries,
+    load_named_features,
+)
 from netvlad.io.features import (
     FORMAT,
     VERSION,
@@ -58,9 +66,11 @@ __all__ = [
     "VERSION",
     "FeatureFileError",
     "FeatureIdentity",
+    "FeaturePair",
     "FeatureRows",
     "FeatureWriter",
     "GlobalFeatures",
+    "MixedModelsError",
     "NAMELESS_SOURCES",
     "OutputStatus",
     "PATCH_FORMAT",
@@ -68,9 +78,13 @@ __all__ = [
     "PatchWriter",
     "SOURCES",
     "align_features",
+    "check_same_model",
     "export_hloc",
     "feature_file_kind",
+    "load_database_features",
+    "load_db_and_queries",
     "load_global_features",
+    "load_named_features",
     "names_sha256",
     "open_feature_rows",
     "output_status",
