@@ -115,7 +115,7 @@ def _add_export(sub) -> None:
 
 
 def _add_pairs(sub) -> None:
-    from netvlad.cli.eval_cmd import FEATS_HELP, add_feature_file_options, add_mixed_models_flag
+    from netvlad.cli.options import FEATS_HELP, add_feature_file_options, add_mixed_models_flag
     from netvlad.retrieval.pairs import DEFAULT_MIN_SCORE, DEFAULT_NUM_PAIRS
 
     p = sub.add_parser(
@@ -266,7 +266,7 @@ def _min_score(text: str) -> float | None:
 
 
 def run_pairs(args) -> int:
-    from netvlad.cli.eval_cmd import feature_dim
+    from netvlad.cli.options import feature_dim
     from netvlad.io import check_same_model, load_named_features
     from netvlad.retrieval.pairs import is_pairs_file, pairs_from_features, write_pairs
 

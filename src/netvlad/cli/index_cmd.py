@@ -19,7 +19,7 @@ def register(sub) -> None:
 
 
 def _add_index_build(sub) -> None:
-    from netvlad.cli.eval_cmd import FEATS_HELP, add_feature_file_options
+    from netvlad.cli.options import FEATS_HELP, add_feature_file_options
     from netvlad.index import INDEX_KINDS, IndexConfig
 
     d = IndexConfig()
@@ -129,7 +129,7 @@ def _add_query(sub) -> None:
     from netvlad.cli.extract_cmd import add_image_options
 
     add_image_options(q, exif_default="on: a phone photo is described upright")
-    from netvlad.cli.eval_cmd import add_rerank_options
+    from netvlad.cli.options import add_rerank_options
 
     add_rerank_options(q, query=True)
     q.set_defaults(func=run_query)
@@ -158,8 +158,8 @@ def run_build(args) -> int:
 def _build_inputs(args) -> dict:
     """The dataset, model and model reference the build options name (keyword arguments of the
     library's index builders)."""
-    from netvlad.cli.extract_cmd import model_reference
     from netvlad.data import load_dataset
+    from netvlad.weights import model_reference
 
     model = None
     if args.model:
@@ -196,7 +196,7 @@ def _build_on_disk(args) -> int:
 
 
 def _build(args) -> int:
-    from netvlad.cli.eval_cmd import feature_dim
+    from netvlad.cli.options import feature_dim
     from netvlad.index import build_index_from_files
 
     built = build_index_from_files(

@@ -18,7 +18,7 @@ workers that use one thread each, and glibc malloc tuning (:func:`tune_malloc`).
 Parts: ``config`` (settings), ``sizing`` (the pixel bound and memory estimates), ``run`` (batched
 extraction), ``single`` (one image), ``shard`` / ``merge`` / ``distributed`` (several processes or
 machines: shards of whole batches, their merge, torchrun ranks), ``patches`` (Patch-NetVLAD patch
-features).
+features), ``jobs`` (the files one ``netvlad extract`` run writes: a folder's images, a dataset's splits).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from netvlad.extract.config import (
     tune_malloc,
 )
 from netvlad.extract.distributed import RankFailedError, extract_distributed, init_distributed
+from netvlad.extract.jobs import ExtractJob, dataset_jobs, folder_job
 from netvlad.extract.merge import merge_shards
 from netvlad.extract.patches import (
     PATCH_PRESETS,
@@ -57,6 +58,7 @@ __all__ = [
     "OVERSIZE_MODES",
     "PATCH_PRESETS",
     "ExtractConfig",
+    "ExtractJob",
     "ModelImageReader",
     "PatchConfig",
     "RankFailedError",
@@ -64,6 +66,7 @@ __all__ = [
     "compute_descriptors",
     "compute_patches",
     "compute_representation",
+    "dataset_jobs",
     "default_num_workers",
     "estimate_forward_bytes",
     "estimate_patch_bytes",
@@ -71,6 +74,7 @@ __all__ = [
     "extract_features",
     "extract_patches",
     "extract_shard",
+    "folder_job",
     "fit_size",
     "forward_bytes_per_pixel",
     "init_distributed",

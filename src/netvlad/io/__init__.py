@@ -35,6 +35,7 @@ from netvlad.io.compare import (
     load_db_and_queries,
     load_named_features,
 )
+from netvlad.io.export import EXPORT_FORMATS, export_features
 from netvlad.io.features import (
     FORMAT,
     VERSION,
@@ -62,6 +63,7 @@ from netvlad.io.rows import FeatureRows, open_feature_rows
 from netvlad.io.writer import FeatureWriter, OutputStatus, output_status
 
 __all__ = [
+    "EXPORT_FORMATS",
     "FORMAT",
     "VERSION",
     "FeatureFileError",
@@ -79,6 +81,7 @@ __all__ = [
     "SOURCES",
     "align_features",
     "check_same_model",
+    "export_features",
     "export_hloc",
     "feature_file_kind",
     "load_database_features",
