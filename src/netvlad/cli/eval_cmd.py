@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from pathlib import Path
 
 from netvlad._atomic import atomic_write_text
@@ -16,8 +15,6 @@ from netvlad.cli.options import (
     add_rerank_options,
     feature_dim,
 )
-
-log = logging.getLogger(__name__)
 
 
 def register(sub) -> None:
