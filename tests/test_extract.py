@@ -366,3 +366,36 @@ def test_model_ref_attribute(model, images, tmp_path, monkeypatch, capsys):
     assert io.read_attrs(tmp_path / "cli.h5")["model_ref"] == str((tmp_path / "m.pt").resolve())
     assert main(common + ["--out", "x.h5", "--max-side", "-1"]) == 2
     assert "--max-side must be >= 0 (0: native resolution)" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ what one extract run writes (jobs)
+
+
+def test_folder_and_dataset_jobs(tmp_path):
+    from netvlad.data import PlaceDataset, save_csv
+    from netvlad.extract import dataset_jobs, folder_job
+
+    (tmp_path / "photos" / "sub").mkdir(parents=True)
+    for name in ("b.jpg", "sub/a.png", "notes.txt"):
+        (tmp_path / "photos" / name).write_bytes(b"x")
+    job = folder_job(tmp_path / "photos", tmp_path / "f.h5")
+    assert job.names == ["b.jpg", "sub/a.png"] and job.paths == [tmp_path / "photos" / n for n in job.names]
+    (tmp_path / "list.txt").write_text("# mine\nsub/a.png\n\n  b.jpg \n")
+    listed = folder_job(tmp_path / "photos", tmp_path / "f.h5", tmp_path / "list.txt")
+    assert listed.names == ["sub/a.png", "b.jpg"]
+    (tmp_path / "empty.txt").write_text("# nothing\n")
+    with pytest.raises(ValueError, match="empty image list: .*empty.txt lists no images"):
+        folder_job(tmp_path / "photos", tmp_path / "f.h5", tmp_path / "empty.txt")
+    with pytest.raises(FileNotFoundError, match="nope.txt: list file not found"):
+        folder_job(tmp_path / "photos", tmp_path / "f.h5", tmp_path / "nope.txt")
+    with pytest.raises(FileNotFoundError, match="f.h5: not a directory"):
+        folder_job(tmp_path / "f.h5", tmp_path / "f.h5")
+    ds = PlaceDataset(name="t", db_root=str(tmp_path / "db"), query_root=str(tmp_path / "q"),
+                      db_images=["d0.jpg", "d1.jpg"], query_images=["q0.jpg"], db_utm=np.zeros((2, 2)),
+                      query_utm=np.zeros((1, 2)))
+    csv = save_csv(ds, tmp_path / "t.csv")
+    both = dataset_jobs(csv, tmp_path / "feats.h5")
+    assert [j.out.name for j in both] == ["feats_db.h5", "feats_query.h5"]
+    assert [len(j.names) for j in both] == [2, 1] and both[0].paths[0].name == "d0.jpg"
+    (q,) = dataset_jobs(ds, tmp_path / "q.h5", split="query")
+    assert q.out == tmp_path / "q.h5" and q.names == ["q0.jpg"] and q.paths == [tmp_path / "q" / "q0.jpg"]

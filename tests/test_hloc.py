@@ -114,3 +114,22 @@ def test_pairs_errors(tmp_path, capsys):
     )
     assert "missing.h5" in capsys.readouterr().err
     assert not (tmp_path / "p.txt").exists()
+
+
+def test_export_features_writes_what_extract_format_writes(tmp_path):
+    from netvlad.io import export_features, read_bin, write_bin
+
+    rng = np.random.default_rng(2)
+    desc = rng.standard_normal((4, 6)).astype(np.float32)
+    names = ["a/x.jpg", "b.jpg", "c.jpg", "d.jpg"]
+    h5 = write_features(tmp_path / "f.h5", names, desc)
+    export_features(h5, tmp_path / "f.bin", "bin")
+    np.testing.assert_array_equal(read_bin(tmp_path / "f.bin", 6, 4), desc)
+    assert (tmp_path / "f.bin").read_bytes() == write_bin(tmp_path / "w.bin", desc).read_bytes()
+    export_features(h5, tmp_path / "h.h5", "hloc", as_half=True)
+    export_hloc(h5, tmp_path / "e.h5", as_half=True)
+    assert hloc_read_global(tmp_path / "h.h5").keys() == hloc_read_global(tmp_path / "e.h5").keys()
+    for k, v in hloc_read_global(tmp_path / "h.h5").items():
+        np.testing.assert_array_equal(v, hloc_read_global(tmp_path / "e.h5")[k])
+    with pytest.raises(ValueError, match="unknown export format 'csv'"):
+        export_features(h5, tmp_path / "f.csv", "csv")

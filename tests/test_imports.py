@@ -26,7 +26,7 @@ ALLOWED = {
     "backbones": set(),
     "geo": set(),
     "io": set(),
-    "index": set(),
+    "index": {"io"},
     "metrics": {"index", "protocol"},
     "protocol": set(),
     "whitening": set(),
@@ -40,7 +40,7 @@ ALLOWED = {
     "mining": {"geo", "index", "data"},
     "extract": {"models", "data", "io", "layers"},
     "retrieval": {"metrics", "index", "extract", "models", "data", "io"},
-    "rerank": {"layers", "index", "geo"},
+    "rerank": {"layers", "index", "geo", "io", "extract"},
     "serve": {"extract", "index", "rerank", "metrics"},
     "train": {
         "models", "layers", "backbones", "data", "geo", "extract", "io", "mining", "losses",

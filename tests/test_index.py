@@ -391,3 +391,67 @@ def test_model_reference_from_extract_to_query(query_setup, tmp_path, monkeypatc
         main(["query", str(tmp_path / "c.idx"), str(imgs / "0004.png"), "--model", "moved.pt", "--json"]) == 0
     )
     assert json.loads(capsys.readouterr().out)[0]["results"][0]["name"] == "0004.png"
+
+
+# ------------------------------------------------------------------ feature files -> index (library)
+
+
+def _feature_files(tmp_path, n=40, d=8, fp="fp-a"):
+    from netvlad.data import PlaceDataset
+    from netvlad.io import write_features
+
+    rng = np.random.default_rng(5)
+    names = [f"db/{i:03d}.jpg" for i in range(n)]
+    desc = l2_normalize(rng.standard_normal((n, d))).astype(np.float32)
+    desc[3] = np.nan  # a failed image
+    write_features(tmp_path / "a.h5", names[:25], desc[:25], {"fingerprint": fp, "model_ref": "lite0-max"})
+    write_features(tmp_path / "b.h5", names[25:], desc[25:], {"fingerprint": fp, "model_ref": "lite0-max"})
+    ds = PlaceDataset(name="t", db_root="/d", query_root="/q", db_images=names[::-1], query_images=["q.jpg"],
+                      db_utm=np.c_[np.arange(n)[::-1] * 10.0, np.zeros(n)], query_utm=np.zeros((1, 2)),
+                      zone="17T")
+    return names, desc, ds
+
+
+def test_build_index_from_files_equals_the_cli(tmp_path, capsys):
+    from netvlad.cli import main
+    from netvlad.index import build_index_from_files
+
+    names, desc, ds = _feature_files(tmp_path)
+    files = [tmp_path / "a.h5", tmp_path / "b.h5"]
+    built = build_index_from_files(files, tmp_path / "lib.idx", "exact", dataset=ds, dataset_spec="t.csv")
+    assert built.left_out == 1 and built.coordinates and built.model == "lite0-max"
+    idx = load_index(tmp_path / "lib.idx")
+    keep = [i for i in range(len(names)) if i != 3]
+    assert idx.names == [names[i] for i in keep]
+    np.testing.assert_array_equal(idx.utm[:, 0], [i * 10.0 for i in keep])
+    assert idx.meta["zone"] == "17T" and idx.meta["features"] == [str(f) for f in files]
+    argv = ["index", "build", *map(str, files), "--out", str(tmp_path / "cli.idx"), "--type", "exact"]
+    assert main(argv) == 0
+    cli = load_index(tmp_path / "cli.idx")
+    assert cli.names == idx.names and cli.meta["fingerprint"] == idx.meta["fingerprint"] == "fp-a"
+    q = desc[[0, 30]]
+    np.testing.assert_array_equal(cli.search(q, 5)[1], idx.search(q, 5)[1])
+
+
+def test_build_index_from_files_refusals(tmp_path):
+    from netvlad.index import build_index_from_files, dataset_coordinates, index_meta
+    from netvlad.io import write_features
+
+    names, desc, ds = _feature_files(tmp_path)
+    with pytest.raises(ValueError, match="2 of the 3 feature-file images are not database images"):
+        dataset_coordinates(ds, [names[0], "x.jpg", "y.jpg"], "t.csv")
+
+    class Model:
+        def fingerprint(self):
+            return "fp-b"
+
+    with pytest.raises(ValueError, match="--model m .fingerprint fp-b. did not produce a.h5"):
+        index_meta(["a.h5"], "fp-a", {}, model=Model(), model_label="--model m")
+    assert index_meta(["a.h5"], None, {}, model=Model())["fingerprint"] == "fp-b"
+    write_features(tmp_path / "c.h5", ["c.jpg"], np.ones((1, 4), np.float32), {"fingerprint": "fp-c"})
+    with pytest.raises(ValueError, match="c.h5: not from the model of"):
+        build_index_from_files([tmp_path / "a.h5", tmp_path / "c.h5"], tmp_path / "x.idx", "exact")
+    write_features(tmp_path / "nan.h5", ["n.jpg"], np.full((1, 4), np.nan, np.float32))
+    with pytest.raises(ValueError, match="all 1 descriptors are NaN"):
+        build_index_from_files([tmp_path / "nan.h5"], tmp_path / "x.idx", "exact")
+    assert not (tmp_path / "x.idx").exists()

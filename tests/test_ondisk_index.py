@@ -117,3 +117,27 @@ def test_several_files_in_ram_are_one_database(data, shards, tmp_path, capsys):
     assert idx.ntotal == N - 1 and idx.names[:3] == names[:3]
     meta = json.loads((tmp_path / "flat" / "meta.json").read_text())
     assert meta["meta"]["features"] == [str(s) for s in shards]
+
+
+def test_build_ondisk_index_from_files_is_what_the_cli_builds(data, shards, tmp_path, capsys):
+    from netvlad.data import PlaceDataset
+    from netvlad.index import build_ondisk_index_from_files
+
+    names, x, q = data
+    ds = PlaceDataset(name="t", db_root="/d", query_root="/q", db_images=names, query_images=["q.jpg"],
+                      db_utm=np.c_[np.arange(N) * 1.0, np.zeros(N)], query_utm=np.zeros((1, 2)), zone="33U")
+    params = {k: v for k, v in PARAMS.items() if k != "pq_m"}
+    built = build_ondisk_index_from_files(shards, tmp_path / "lib", "ivfflat", dataset=ds,
+                                          dataset_spec="t.csv", progress=False, **params)
+    assert built.left_out == 1 and built.coordinates and built.model is None
+    assert built.index.meta["zone"] == "33U" and built.index.meta["dataset"] == "t.csv"
+    argv = ["index", "build", *map(str, shards), "--out", str(tmp_path / "cli"), "--on-disk",
+            "--type", "ivfflat", "--nlist", "24", "--nprobe", "6", "--train-size", "1500", "--k-factor", "8"]
+    assert main(argv) == 0
+    lib, cli = load_index(tmp_path / "lib"), load_index(tmp_path / "cli")
+    np.testing.assert_array_equal(lib.search(q, 5)[1], cli.search(q, 5)[1])
+    keep = [i for i in range(N) if i != 700]
+    np.testing.assert_array_equal(lib.utm[:, 0], np.array(keep, dtype=np.float64))
+    io.write_bin(tmp_path / "x.bin", x[:4])
+    with pytest.raises(ValueError, match="x.bin: an on-disk index is built from netvlad feature files"):
+        build_ondisk_index_from_files([tmp_path / "x.bin"], tmp_path / "no")

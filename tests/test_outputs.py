@@ -217,7 +217,9 @@ def test_recognisers(tmp_path):
     torch.onnx.export(torch.nn.Linear(2, 2), (torch.zeros(1, 2),), tmp_path / "m.onnx", dynamo=False)
     assert is_torchscript(tmp_path / "m.ts") and is_onnx_model(tmp_path / "m.onnx")
     assert not is_torchscript(tmp_path / "ours.pt") and not is_onnx_model(tmp_path / "m.ts")
-    from netvlad.cli.eval_cmd import PLOT_TAG, is_plot, plot_curves
+    from netvlad.metrics import PLOT_TAG
+    from netvlad.metrics import is_recall_plot as is_plot
+    from netvlad.metrics import plot_recall_curves as plot_curves
 
     plot_curves([("a", [1, 2], [0.5, 0.7])], tmp_path / "p.png")
     assert png_text(tmp_path / "p.png")[PLOT_TAG[0]] == PLOT_TAG[1] and is_plot(tmp_path / "p.png")

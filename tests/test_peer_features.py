@@ -644,3 +644,69 @@ def test_folder_named_like_a_builtin_dataset_wins_with_a_warning(tmp_path, monke
     assert not caplog.records
     rc = main(["dataset", "info", "tokyo247"])
     assert rc == 0 and "was taken, not the built-in" in caplog.text
+
+
+# ------------------------------------------------------------- reading files to compare (netvlad.io.compare)
+
+
+@pytest.mark.parametrize("fmt", ["h5", "bin", "npy", "hloc"])
+def test_load_db_and_queries_gives_the_dataset_order_in_every_format(world, fmt):
+    from netvlad.data import load_dataset
+    from netvlad.io import load_db_and_queries
+
+    ds = load_dataset(world["csv"])
+    db, q = world["files"][fmt]
+    names = {"db_names": world["dir"] / "db_list.txt", "query_names": world["dir"] / "q_list.txt"} \
+        if fmt == "npy" else {}
+    pair = load_db_and_queries(ds, db, q, dim=DIM if fmt == "bin" else None, **names)
+    np.testing.assert_allclose(pair.db, world["db"], atol=1e-3 if fmt == "hloc" else 0)
+    np.testing.assert_allclose(pair.queries, world["q"], atol=1e-3 if fmt == "hloc" else 0)
+    assert pair.db_features.path == Path(db) and pair.query_features.path == Path(q)
+
+
+def test_load_db_and_queries_refusals_name_the_callers_options(world):
+    from netvlad.data import load_dataset
+    from netvlad.io import MixedModelsError, load_db_and_queries, write_features
+
+    ds, f = load_dataset(world["csv"]), world["files"]
+    with pytest.raises(ValueError, match="db.bin: its rows are the dataset's database images only; give the "
+                       "query features with query_path"):
+        load_db_and_queries(ds, f["bin"][0], dim=DIM)
+    with pytest.raises(ValueError, match="--qn names the rows of a --q file; give --q too"):
+        load_db_and_queries(ds, f["h5"][0], query_names="x.txt",
+                            options={"query_names": "--qn", "query_path": "--q"})
+    with pytest.raises(ValueError, match="crop_dim 32 exceeds the 16-D descriptors of"):
+        load_db_and_queries(ds, f["h5"][0], f["h5"][1], crop_dim=32)
+    write_features(world["dir"] / "other.h5", Q_NAMES, world["q"], {"fingerprint": "y"})
+    with pytest.raises(MixedModelsError, match="pass allow_mixed=True to compare them anyway"):
+        load_db_and_queries(ds, f["h5"][0], world["dir"] / "other.h5")
+    pair = load_db_and_queries(ds, f["h5"][0], world["dir"] / "other.h5", allow_mixed=True)
+    assert pair.query_features.fingerprint == "y"
+
+
+def test_load_named_features_and_database_shards(world, caplog):
+    from netvlad.io import check_same_model, load_database_features, load_named_features
+
+    d = world["dir"]
+    with pytest.raises(ValueError, match="db.bin: a .bin file stores no image names: give --names FILE"):
+        load_named_features(d / "db.bin", dim=DIM, names_option="--names")
+    with caplog.at_level(logging.INFO):
+        feats = load_named_features(d / "db.bin", dim=DIM, default_names=DB_NAMES, default_from="the list")
+    assert feats.names == DB_NAMES and feats.names_from == "the list"
+    assert "rows taken as the list" in caplog.text
+    npy = load_named_features(d / "db_globalfeats.npy", d / "db_list.txt")
+    np.testing.assert_array_equal(align_features(npy, DB_NAMES), world["db"])
+    with pytest.raises(ValueError, match="names_file names the rows of a .bin or .npy file"):
+        load_named_features(d / "db.h5", d / "db_list.txt")
+    write_features(d / "a.h5", DB_NAMES[:10], world["db"][:10], {"fingerprint": "x"})
+    write_features(d / "b.h5", DB_NAMES[10:], world["db"][10:], {"fingerprint": "x"})
+    both = load_database_features([d / "a.h5", d / "b.h5"])
+    assert both.names == DB_NAMES and both.path == d / "a.h5"
+    np.testing.assert_array_equal(both.descriptors, world["db"])
+    with pytest.raises(ValueError, match="names the rows of one .bin/.npy file"):
+        load_database_features([d / "a.h5", d / "b.h5"], d / "db_list.txt")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        check_same_model("a.h5", "x", "b.h5", None)
+        check_same_model("a.h5", "x", "b.h5", "z", allow_mixed=True, allow_option="--allow")
+    assert "b.h5: no model fingerprint" in caplog.text and "comparing them anyway (--allow)" in caplog.text

@@ -430,3 +430,68 @@ def test_build_reranker_errors():
         build_reranker("aqe")
     with pytest.raises(ValueError, match="patch scorer"):
         PatchMatchConfig(scorer="sift")
+
+
+# ------------------------------------------------------------------ re-rankers from files (rerank.files)
+
+
+def _patch_file(path, stores: dict, fingerprint: str):
+    from netvlad.io import PatchWriter
+
+    w = PatchWriter(path, list(stores), scales=[(2, 1)], dim=16, dtype="float32",
+                    attrs={"fingerprint": fingerprint})
+    w.open()
+    for row, sets in enumerate(stores.values()):
+        w.write(row, sets, (5, 6))
+    w.finish()
+    return path
+
+
+def test_reranker_from_files_reads_the_patch_files_next_to_the_features(tmp_path):
+    from netvlad.rerank import build_reranker, reranker_from_files
+
+    rng = np.random.default_rng(0)
+    pos = patch_positions(5, 6, 2, 1)
+    q = _unit(rng, len(pos), 16)
+    db = {"a": [(q[rng.permutation(len(pos))], pos)], "b": [(_unit(rng, len(pos), 16), pos)], "c": [(q, pos)]}
+    _patch_file(tmp_path / "db.patches.h5", db, "fp")
+    _patch_file(tmp_path / "q.patches.h5", {"q0": [(q, pos)]}, "fp")
+    names = {"query_names": ["q0"], "db_names": ["a", "b", "c"]}
+    glob_q, glob_db = _unit(rng, 1, 8), _unit(rng, 3, 8)
+    rr = reranker_from_files("patch", queries=glob_q, db=glob_db, db_features=tmp_path / "db.h5",
+                             query_features=tmp_path / "q.h5", top_n=3, **names)
+    assert rr(np.array([0]), np.array([[1, 0, 2]])).tolist() == [[2, 0, 1]]
+    ranked = np.array([[2, 0, 1]])
+    got = reranker_from_files("aqe", queries=glob_q, db=glob_db, db_features="unused.h5", top_n=3, **names)
+    want = build_reranker("aqe", top_n=3, queries=glob_q, db=glob_db)
+    assert got(np.array([0]), ranked).tolist() == want(np.array([0]), ranked).tolist()
+    with pytest.raises(FileNotFoundError, match=r"none.patches.h5: no patch features there \(--dbp\)"):
+        reranker_from_files("patch", queries=glob_q, db=glob_db, db_features=tmp_path / "none.h5",
+                            options={"db_patches": "--dbp"}, **names)
+    _patch_file(tmp_path / "other.patches.h5", {"q0": [(q, pos)]}, "fp2")
+    with pytest.raises(ValueError, match="written by different models; pass allow_mixed=True"):
+        reranker_from_files("patch", queries=glob_q, db=glob_db, db_features=tmp_path / "db.h5",
+                            query_patches=tmp_path / "other.patches.h5", **names)
+    mixed = reranker_from_files("patch", queries=glob_q, db=glob_db, db_features=tmp_path / "db.h5",
+                                query_patches=tmp_path / "other.patches.h5", allow_mixed=True, top_n=3,
+                                **names)
+    assert mixed(np.array([0]), np.array([[1, 0, 2]])).tolist() == [[2, 0, 1]]
+
+
+def test_rerank_photo_results_refusals(tmp_path):
+    from netvlad.rerank import rerank_photo_results
+
+    class Model:
+        def fingerprint(self):
+            return "other"
+
+    rng = np.random.default_rng(1)
+    pos = patch_positions(5, 6, 2, 1)
+    _patch_file(tmp_path / "db.patches.h5", {"a": [(_unit(rng, len(pos), 16), pos)]}, "fp")
+    args = ([], np.zeros((0, 8)), [], None, Model())
+    with pytest.raises(ValueError, match="re-ranking 'aqe' needs --dbf FILE"):
+        rerank_photo_results(*args, "aqe", 5, options={"db_features": "--dbf"})
+    with pytest.raises(ValueError, match="re-ranking 'patch' needs db_patches FILE"):
+        rerank_photo_results(*args, "patch", 5)
+    with pytest.raises(ValueError, match="db.patches.h5 was written by another model than m's"):
+        rerank_photo_results(*args, "patch", 5, db_patches=tmp_path / "db.patches.h5", model_label="m")

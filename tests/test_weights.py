@@ -607,7 +607,7 @@ def test_cli_describe_and_extract_accept_a_catalogue_name(server, tiny_mat, tmp_
 def test_model_reference_keeps_a_published_name(tmp_path, monkeypatch):
     # A feature file records how to rebuild its model; a catalogue name must stay a name (not
     # cwd/NAME) so that `netvlad query INDEX` without --model can load it from anywhere.
-    from netvlad.cli.extract_cmd import model_reference
+    from netvlad.weights import model_reference
 
     monkeypatch.chdir(tmp_path)
     name = "vd16_pitts30k_conv5_3_vlad_preL2_intra_white"

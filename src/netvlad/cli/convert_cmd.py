@@ -115,7 +115,7 @@ def _add_export(sub) -> None:
 
 
 def _add_pairs(sub) -> None:
-    from netvlad.cli.eval_cmd import FEATS_HELP, add_feature_file_options, add_mixed_models_flag
+    from netvlad.cli.options import FEATS_HELP, add_feature_file_options, add_mixed_models_flag
     from netvlad.retrieval.pairs import DEFAULT_MIN_SCORE, DEFAULT_NUM_PAIRS
 
     p = sub.add_parser(
@@ -266,7 +266,8 @@ def _min_score(text: str) -> float | None:
 
 
 def run_pairs(args) -> int:
-    from netvlad.cli.eval_cmd import check_same_model, feature_dim, read_feature_file
+    from netvlad.cli.options import feature_dim
+    from netvlad.io import check_same_model, load_named_features
     from netvlad.retrieval.pairs import is_pairs_file, pairs_from_features, write_pairs
 
     if args.k < 1:
@@ -277,15 +278,16 @@ def run_pairs(args) -> int:
     check_output_file(args.out, inputs=inputs, is_ours=is_pairs_file, kind="pairs file",
                       overwrite=args.overwrite)
     dim = feature_dim(args.dim, args.model)
-    db = read_feature_file(args.db, args.db_names, "--db-names", dim)
+    db = load_named_features(args.db, args.db_names, dim=dim, names_option="--db-names")
     q = None
     if args.queries is None:
         if args.query_names is not None:
             raise CLIError("--query-names names the rows of a --queries file; give --queries too")
     else:
-        q = read_feature_file(args.queries, args.query_names, "--query-names", dim)
+        q = load_named_features(args.queries, args.query_names, dim=dim, names_option="--query-names")
         if args.queries.resolve() != args.db.resolve():
-            check_same_model(args.db, db.fingerprint, args.queries, q.fingerprint, args.allow_mixed_models)
+            check_same_model(args.db, db.fingerprint, args.queries, q.fingerprint, args.allow_mixed_models,
+                             "--allow-mixed-models")
     result = pairs_from_features(db, q, k=args.k, min_score=args.min_score,
                                  db_prefix=args.db_prefix, db_list=args.db_list,
                                  query_prefix=args.query_prefix, query_list=args.query_list)

@@ -11,10 +11,10 @@ from netvlad.cli import CLIError, workers_arg
 
 def register(sub) -> None:
     """Add this module's sub-commands to `sub` (an argparse subparsers action)."""
-    from netvlad.data.images import IMAGE_EXTENSIONS
-    from netvlad.extract import ExtractConfig
+    _add_extract(sub)
 
-    d = ExtractConfig()
+
+def _add_extract(sub) -> None:
     p = sub.add_parser(
         "extract", help="extract descriptors into a feature file (resumable)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -46,6 +46,24 @@ def register(sub) -> None:
         "  netvlad extract model.pt --images photos/ --list names.txt --out q.bin --format bin\n"
         "  torchrun --nproc_per_node 2 -m netvlad extract model.pt --images photos/ --out photos.h5\n"
         "  netvlad extract model.pt --images photos/ --out photos.h5 --shard $SLURM_ARRAY_TASK_ID/8")
+    _add_inputs_and_output(p)
+    _add_compute_options(p)
+    add_image_options(p, exif_default="on with --images, off with --dataset (its protocol)")
+    p.add_argument("--shard", metavar="I/N",
+                   help="extract only shard I of N (0 <= I < N) into OUT.shard-IIIII-of-NNNNN.h5, for a job "
+                   "array or a set of machines; `netvlad features merge` assembles the shards into OUT. "
+                   "Shards are whole batches dealt by image size, so the merged file equals a single "
+                   "run's. Under torchrun (WORLD_SIZE > 1) each rank takes its shard and rank 0 merges "
+                   "by itself: no --shard needed")
+    add_patch_options(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _add_inputs_and_output(p) -> None:
+    """MODEL, --dataset/--images, --image-root, --split, --list, --out, --format."""
+    from netvlad.data.images import IMAGE_EXTENSIONS
+
     p.add_argument("model", metavar="MODEL", help="preset name or checkpoint path")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--dataset", metavar="SPEC", help="dataset file or folder (any supported format)")
@@ -59,6 +77,13 @@ def register(sub) -> None:
     p.add_argument("--out", metavar="FEATS", type=Path, required=True, help="output file")
     p.add_argument("--format", choices=("h5", "bin", "hloc"), default="h5",
                    help="output format (default: h5)")
+
+
+def _add_compute_options(p) -> None:
+    """--batch-size, --workers, --device, precision, --compile, --skip-bad, --overwrite, --max-side."""
+    from netvlad.extract import ExtractConfig
+
+    d = ExtractConfig()
     p.add_argument("--batch-size", type=int, default=d.batch_size,
                    help=f"images per batch; sizes are grouped automatically (default: {d.batch_size})")
     p.add_argument("--workers", type=workers_arg, default=d.num_workers,
@@ -82,16 +107,6 @@ def register(sub) -> None:
     p.add_argument("--max-side", type=int, default=d.max_side, metavar="PX",
                    help="resize so the longest side is at most PX pixels, overriding the model's "
                    "preprocessing; 0 keeps native resolution (default: the model's)")
-    add_image_options(p, exif_default="on with --images, off with --dataset (its protocol)")
-    p.add_argument("--shard", metavar="I/N",
-                   help="extract only shard I of N (0 <= I < N) into OUT.shard-IIIII-of-NNNNN.h5, for a job "
-                   "array or a set of machines; `netvlad features merge` assembles the shards into OUT. "
-                   "Shards are whole batches dealt by image size, so the merged file equals a single "
-                   "run's. Under torchrun (WORLD_SIZE > 1) each rank takes its shard and rank 0 merges "
-                   "by itself: no --shard needed")
-    add_patch_options(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
 
 
 def add_patch_options(p) -> None:
@@ -161,63 +176,17 @@ def image_settings(args, exif_default: bool) -> dict:
             "exif_orientation": exif_default if args.exif_orientation is None else args.exif_orientation}
 
 
-def list_images(root: Path, list_file: Path | None = None) -> list[str]:
-    """Image names relative to ``root`` (POSIX separators): from ``list_file`` or a sorted recursive scan."""
-    from netvlad.data.images import IMAGE_EXTENSIONS
-    from netvlad.data.images import list_images as find_images
+def _jobs(args):
+    """The feature files this run writes (netvlad.extract.jobs)."""
+    from netvlad.extract.jobs import dataset_jobs, folder_job
 
-    if not root.is_dir():
-        raise CLIError(f"{root}: not a directory")
-    if list_file is not None:
-        if not list_file.is_file():
-            raise CLIError(f"{list_file}: list file not found")
-        lines = list_file.read_text(encoding="utf-8").splitlines()
-        names = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
-    else:
-        names = find_images(root)
-    if not names:
-        what = f"{list_file} lists no images" if list_file else \
-            f"no images ({'/'.join(sorted(IMAGE_EXTENSIONS))}) under {root}"
-        raise CLIError(f"empty image list: {what}")
-    return names
-
-
-def model_reference(model: str) -> str:
-    """What to record so that a later command can rebuild ``model`` (a MODEL argument): a preset
-    or published-weights name as is (resolved as ``load_model`` does: an existing file wins), a
-    checkpoint as an absolute path, so the reference still works from another working directory."""
-    from netvlad.models import PRESETS
-    from netvlad.weights import published
-
-    if (model in PRESETS or published(model) is not None) and not Path(model).exists():
-        return model
-    return str(Path(model).resolve())
-
-
-def _with_suffix_tag(out: Path, tag: str) -> Path:
-    return out.with_name(f"{out.stem}_{tag}{out.suffix}")
-
-
-def _jobs(args) -> list[tuple[list[Path], list[str], Path]]:
     if args.images is not None:
         if args.image_root or args.split != "all":
             raise CLIError("--image-root and --split go with --dataset, not --images")
-        names = list_images(args.images, args.list)
-        return [([args.images / n for n in names], names, args.out)]
+        return [folder_job(args.images, args.out, args.list)]
     if args.list is not None:
         raise CLIError("--list goes with --images")
-    from netvlad.data import load_dataset  # lazy: only this path needs the dataset loaders
-
-    ds = load_dataset(args.dataset, images=args.image_root)
-    jobs = []
-    for split in ("db", "query"):
-        if args.split not in (split, "all"):
-            continue
-        names = list(ds.db_images if split == "db" else ds.query_images)
-        paths = list(ds.db_paths() if split == "db" else ds.query_paths())
-        out = _with_suffix_tag(args.out, split) if args.split == "all" else args.out
-        jobs.append((paths, names, out))
-    return jobs
+    return dataset_jobs(args.dataset, args.out, args.split, args.image_root)
 
 
 def _check_output(args, out: Path, paths: list[Path]) -> None:
@@ -228,18 +197,6 @@ def _check_output(args, out: Path, paths: list[Path]) -> None:
     check_not_input(out, [*inputs, *(("image", p) for p in paths)])
     if out.is_dir():
         raise CLIError(f"{out}: is a folder; give the path of the feature file to write")
-
-
-def _check_space_for_hloc(h5: Path, out: Path, num_images: int) -> None:
-    # HDF5 crashes the process on a full disk while writing hloc's many small datasets, so make
-    # sure they fit first: the descriptors once more, plus about 2 KiB of metadata per image.
-    from netvlad._outputs import disk_full_error, free_bytes
-
-    need = h5.stat().st_size + 2048 * num_images
-    free = free_bytes(out)
-    if free is not None and free < need:
-        raise disk_full_error(out, need, how="the descriptors + 2 KiB per image",
-                              then=f"free some space and rerun (the descriptors stay in {h5})")
 
 
 def _sharding(args) -> tuple[tuple[int, int] | None, int, int, str]:
@@ -278,78 +235,102 @@ def _extract_shard(model, paths, names, out: Path, cfg, shard: tuple[int, int]) 
 
 
 def run(args) -> int:
-    from netvlad import io
-    from netvlad.extract import ExtractConfig, extract_features
-    from netvlad.weights import load_model
-
+    """`netvlad extract`."""
     if args.max_side is not None and args.max_side < 0:
         raise CLIError(f"--max-side must be >= 0 (0: native resolution), got {args.max_side}")
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
     shard, rank, world, device = _sharding(args)
-    try:
-        cfg = ExtractConfig(batch_size=args.batch_size, num_workers=args.workers, device=device,
-                            half=args.half, amp=args.amp, bf16=args.bf16, skip_bad=args.skip_bad,
-                            precision=args.precision, compile=args.compile,
-                            overwrite=args.overwrite, max_side=args.max_side, progress=not args.no_progress,
-                            model_ref=model_reference(args.model),
-                            **image_settings(args, exif_default=args.images is not None))
-    except ValueError as exc:
-        raise CLIError(str(exc)) from None
+    cfg = _config(args, device)
     patches = patch_settings(args)
     if patches is not None and (shard is not None or world > 1):
         raise CLIError("--patches runs in one process: not with --shard or torchrun")
     jobs = _jobs(args)
-    for paths, _, out in jobs:
-        _check_output(args, out, paths)
-        if args.format != "h5" and out.exists() and not args.overwrite:
-            raise CLIError(f"{out}: exists, and {args.format} files carry no model information to check "
+    for job in jobs:
+        _check_output(args, job.out, job.paths)
+        if args.format != "h5" and job.out.exists() and not args.overwrite:
+            raise CLIError(f"{job.out}: exists, and {args.format} files carry no model information to check "
                            "it against; pass --overwrite to replace it")
+    model = _load_ready_model(args, device)
+    for job in jobs:
+        # .bin/hloc are written from a finished HDF5 file, which is what makes them resumable.
+        h5 = job.out if args.format == "h5" else job.out.with_name(job.out.name + ".h5")
+        if shard is not None:
+            _extract_shard(model, job.paths, job.names, h5, cfg, shard)
+            continue
+        up_to_date = _extract_job(model, job, h5, cfg, rank, world)
+        if up_to_date is None:
+            continue  # a rank other than 0: rank 0 converts and reports
+        _finish_job(args, job.out, h5, up_to_date)
+        if patches is not None:
+            _extract_patches(args, model, job.paths, job.names, job.out, patches, cfg)
+    return 0
+
+
+def _config(args, device: str):
+    from netvlad.extract import ExtractConfig
+    from netvlad.weights import model_reference
+
+    try:
+        return ExtractConfig(batch_size=args.batch_size, num_workers=args.workers, device=device,
+                             half=args.half, amp=args.amp, bf16=args.bf16, skip_bad=args.skip_bad,
+                             precision=args.precision, compile=args.compile,
+                             overwrite=args.overwrite, max_side=args.max_side, progress=not args.no_progress,
+                             model_ref=model_reference(args.model),
+                             **image_settings(args, exif_default=args.images is not None))
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def _load_ready_model(args, device: str):
+    from netvlad.weights import load_model
+
     try:
         model = load_model(args.model, device=device)
         model.check_ready()
     except RuntimeError as exc:  # e.g. NetVLAD clusters not initialised
         raise CLIError(f"{args.model}: {exc}") from exc
-    for paths, names, out in jobs:
-        # .bin/hloc are written from a finished HDF5 file, which is what makes them resumable.
-        h5 = out if args.format == "h5" else out.with_name(out.name + ".h5")
-        statuses = []
-        if shard is not None:
-            _extract_shard(model, paths, names, h5, cfg, shard)
-            continue
-        if world > 1:
-            from netvlad.extract import RankFailedError, extract_distributed
+    return model
 
-            try:
-                extract_distributed(model, paths, names, h5, cfg, on_status=statuses.append)
-            except RankFailedError as exc:
-                raise CLIError(f"rank {rank}: {exc}") from exc
-            if statuses and statuses[0].kind == "resume":  # each rank resumes its own shard
-                print(f"rank {rank}: {statuses.pop(0).message}")
-            if rank:
-                continue  # rank 0 converts and reports
-        else:
-            extract_features(model, paths, names, h5, cfg, on_status=statuses.append)
-        if statuses and statuses[0].kind == "resume":
-            print(statuses[0].message)  # the run ended by an interruption or a full disk goes on
-        up_to_date = bool(statuses) and statuses[0].kind == "up-to-date"
-        attrs = io.read_attrs(h5)
-        if args.format == "bin":
-            _, desc, _ = io.read_features(h5)
-            io.write_bin(out, desc)
-        elif args.format == "hloc":
-            _check_space_for_hloc(h5, out, int(attrs["num_images"]))
-            io.export_hloc(h5, out, as_half=args.half)
-        if h5 != out:
-            os.remove(h5)
-        bad = attrs.get("bad_images", [])
-        state = "up to date" if up_to_date else "wrote"
-        print(f"{out}: {state}, {attrs['num_images']} images, {attrs['dim']}-D {attrs['dtype']}"
-              + (f", {len(bad)} bad image(s) skipped: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}"
-                 if bad else ""))
-        if patches is not None:
-            _extract_patches(args, model, paths, names, out, patches, cfg)
-    return 0
+
+def _extract_job(model, job, h5: Path, cfg, rank: int, world: int) -> bool | None:
+    """Extract one file (this process, or this rank under torchrun): whether it was up to date
+    already; None on a rank other than 0."""
+    from netvlad.extract import extract_features
+
+    statuses = []
+    if world > 1:
+        from netvlad.extract import RankFailedError, extract_distributed
+
+        try:
+            extract_distributed(model, job.paths, job.names, h5, cfg, on_status=statuses.append)
+        except RankFailedError as exc:
+            raise CLIError(f"rank {rank}: {exc}") from exc
+        if statuses and statuses[0].kind == "resume":  # each rank resumes its own shard
+            print(f"rank {rank}: {statuses.pop(0).message}")
+        if rank:
+            return None
+    else:
+        extract_features(model, job.paths, job.names, h5, cfg, on_status=statuses.append)
+    if statuses and statuses[0].kind == "resume":
+        print(statuses[0].message)  # the run ended by an interruption or a full disk goes on
+    return bool(statuses) and statuses[0].kind == "up-to-date"
+
+
+def _finish_job(args, out: Path, h5: Path, up_to_date: bool) -> None:
+    """Write --format bin/hloc from the finished HDF5 file, and say what was written."""
+    from netvlad import io
+
+    attrs = io.read_attrs(h5)
+    if args.format != "h5":
+        io.export_features(h5, out, args.format, as_half=args.half)
+    if h5 != out:
+        os.remove(h5)
+    bad = attrs.get("bad_images", [])
+    state = "up to date" if up_to_date else "wrote"
+    print(f"{out}: {state}, {attrs['num_images']} images, {attrs['dim']}-D {attrs['dtype']}"
+          + (f", {len(bad)} bad image(s) skipped: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}"
+             if bad else ""))
 
 
 def _extract_patches(args, model, paths, names, out: Path, patches, cfg) -> None:

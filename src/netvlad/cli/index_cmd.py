@@ -7,8 +7,6 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
-
 from netvlad.cli import CLIError
 
 log = logging.getLogger(__name__)
@@ -16,7 +14,12 @@ log = logging.getLogger(__name__)
 
 def register(sub) -> None:
     """Add this module's sub-commands to `sub` (an argparse subparsers action)."""
-    from netvlad.cli.eval_cmd import FEATS_HELP, add_feature_file_options
+    _add_index_build(sub)
+    _add_query(sub)
+
+
+def _add_index_build(sub) -> None:
+    from netvlad.cli.options import FEATS_HELP, add_feature_file_options
     from netvlad.index import INDEX_KINDS, IndexConfig
 
     d = IndexConfig()
@@ -58,6 +61,15 @@ def register(sub) -> None:
         b, ("rows of a .bin/.npy FEATS (default for .bin: the --dataset's database images, in order)",),
         model=False,
     )
+    _add_index_params(b)
+    b.set_defaults(func=run_build)
+
+
+def _add_index_params(b) -> None:
+    """--nlist, --nprobe, --pq-m, --k-factor, --hnsw-m, --ef-search, --on-disk, --train-size."""
+    from netvlad.index import IndexConfig
+
+    d = IndexConfig()
     b.add_argument(
         "--nlist", type=int, default=d.nlist, help="IVF cells (default: about 4*sqrt(N), at most 1024)"
     )
@@ -79,8 +91,9 @@ def register(sub) -> None:
                    "vectors that ivfpq re-ranks on disk; queries memory-map them")
     b.add_argument("--train-size", type=int, default=d.train_size,
                    help=f"vectors sampled to train IVF/PQ (default: {d.train_size})")
-    b.set_defaults(func=run_build)
 
+
+def _add_query(sub) -> None:
     q = sub.add_parser(
         "query",
         help="localise photos: top-k database images and the estimated location",
@@ -116,24 +129,10 @@ def register(sub) -> None:
     from netvlad.cli.extract_cmd import add_image_options
 
     add_image_options(q, exif_default="on: a phone photo is described upright")
-    from netvlad.cli.eval_cmd import add_rerank_options
+    from netvlad.cli.options import add_rerank_options
 
     add_rerank_options(q, query=True)
     q.set_defaults(func=run_query)
-
-
-def _attach_coordinates(names: list[str], spec: str, ds=None) -> tuple[np.ndarray, str | None]:
-    from netvlad.data import load_dataset
-
-    ds = ds if ds is not None else load_dataset(spec)
-    pos = {n: i for i, n in enumerate(ds.db_images)}
-    missing = [n for n in names if n not in pos]
-    if missing:
-        raise CLIError(
-            f"{spec}: {len(missing)} of the {len(names)} feature-file images are not database images "
-            f"of the dataset, e.g. {', '.join(missing[:5])}"
-        )
-    return np.asarray(ds.db_utm, dtype=np.float64)[[pos[n] for n in names]], ds.zone
 
 
 def run_build(args) -> int:
@@ -156,160 +155,57 @@ def run_build(args) -> int:
         return _build_on_disk(args) if args.on_disk else _build(args)
 
 
-def _read_database(args, dim, ds):
-    """The FEATS files as one database (their rows in the order given), from one model."""
-    from netvlad.cli.eval_cmd import read_feature_file
-
-    parts = [read_feature_file(f, args.names, "--names", dim,
-                               None if ds is None else list(ds.db_images), "the --dataset's database list")
-             for f in args.features]
-    for p in parts[1:]:
-        if p.dim != parts[0].dim or (p.fingerprint and parts[0].fingerprint
-                                     and p.fingerprint != parts[0].fingerprint):
-            raise CLIError(f"{p.path}: not from the model of {parts[0].path} (dimension {p.dim} vs "
-                           f"{parts[0].dim}, fingerprint {str(p.fingerprint)[:12]} vs "
-                           f"{str(parts[0].fingerprint)[:12]})")
-    if len(parts) == 1:
-        return parts[0]
-    import dataclasses
-
-    return dataclasses.replace(parts[0], names=[n for p in parts for n in p.names],
-                               descriptors=np.concatenate([p.descriptors for p in parts]))
-
-
-def _index_meta(args, fingerprint, attrs, zone, model) -> dict:
-    from netvlad.cli.extract_cmd import model_reference
-
-    meta = {
-        "fingerprint": fingerprint,
-        "model": model_reference(args.model) if args.model else attrs.get("model_ref"),
-        "zone": zone,
-        "features": str(args.features[0]) if len(args.features) == 1 else [str(f) for f in args.features],
-        "dataset": args.dataset,
-        "preprocessing": attrs.get("preprocessing"),
-    }
-    if model is not None:
-        fp = model.fingerprint()
-        if meta["fingerprint"] and fp != meta["fingerprint"]:
-            raise CLIError(
-                f"--model {args.model} (fingerprint {fp[:12]}) did not produce {args.features[0]} "
-                f"(fingerprint {str(meta['fingerprint'])[:12]})"
-            )
-        meta["fingerprint"] = fp
-    return meta
-
-
-def _build_on_disk(args) -> int:
-    """`netvlad index build --on-disk`: FEATS read a block at a time (netvlad.index.ondisk)."""
-    from netvlad import io
+def _build_inputs(args) -> dict:
+    """The dataset, model and model reference the build options name (keyword arguments of the
+    library's index builders)."""
     from netvlad.data import load_dataset
-    from netvlad.index import build_ondisk_index
+    from netvlad.weights import model_reference
 
-    for f in args.features:
-        if io.feature_file_kind(f) != "netvlad":
-            raise CLIError(f"{f}: --on-disk reads netvlad feature files (netvlad extract's .h5) only")
     model = None
     if args.model:
         from netvlad.weights import load_model
 
         model = load_model(args.model)
-    sources = io.open_feature_rows(args.features)
-    try:
-        attrs = sources[0].attrs
-        bad = sum(len(s.attrs.get("bad_images", [])) for s in sources)
-        coords, zone = None, None
-        if args.dataset:
-            ds = load_dataset(args.dataset)
-            pos = {n: i for i, n in enumerate(ds.db_images)}
-            utm_all = np.asarray(ds.db_utm, dtype=np.float64)
-            zone = ds.zone
+    return {"dataset": load_dataset(args.dataset) if args.dataset else None, "dataset_spec": args.dataset,
+            "model": model, "model_ref": model_reference(args.model) if args.model else None,
+            "overwrite": args.overwrite}
 
-            def coords(names: list[str]) -> np.ndarray:
-                missing = [n for n in names if n not in pos]
-                if missing:
-                    raise CLIError(f"{args.dataset}: feature-file images that are not database images of "
-                                   f"the dataset, e.g. {', '.join(missing[:5])}")
-                return utm_all[[pos[n] for n in names]]
 
-        meta = _index_meta(args, attrs.get("fingerprint"), attrs, zone, model)
-        params = {"nlist": args.nlist, "nprobe": args.nprobe, "pq_m": args.pq_m,
-                  "refine_k_factor": args.k_factor, "train_size": args.train_size}
-        dtype = "float16" if all(s.dtype == "float16" for s in sources) else "float32"
-        index = build_ondisk_index(sources, args.out, args.type, num_finite=sum(map(len, sources)) - bad,
-                                   coordinates=coords, meta=meta, vectors_dtype=dtype,
-                                   overwrite=args.overwrite, **params)
-    except ValueError as exc:
-        raise CLIError(f"{args.features[0]}{' ...' if len(args.features) > 1 else ''}: {exc}") from exc
-    finally:
-        for s in sources:
-            s.close()
+def _built_line(built) -> str:
+    """What the build says after its first words: coordinates, model, left-out rows."""
+    no_model = ", no model recorded (netvlad query will need --model)"
+    return (f"{' with coordinates' if built.coordinates else ''}"
+            + (f", model {built.model}" if built.model else no_model)
+            + (f"; {built.left_out} NaN descriptor(s) left out" if built.left_out else ""))
+
+
+def _build_on_disk(args) -> int:
+    """`netvlad index build --on-disk`: FEATS read a block at a time."""
+    from netvlad.index import build_ondisk_index_from_files
     from netvlad.index.ondisk import nbytes_on_disk
 
+    built = build_ondisk_index_from_files(
+        args.features, args.out, args.type, model_label=f"--model {args.model}", nlist=args.nlist,
+        nprobe=args.nprobe, pq_m=args.pq_m, refine_k_factor=args.k_factor, train_size=args.train_size,
+        **_build_inputs(args))
+    index = built.index
     print(f"{args.out}: on-disk {args.type} index of {index.ntotal} {index.dim}-D descriptors from "
           f"{len(args.features)} file(s), {nbytes_on_disk(args.out) / 2**20:.1f} MiB"
-          f"{' with coordinates' if coords is not None else ''}"
-          + (f", model {meta['model']}" if meta["model"]
-             else ", no model recorded (netvlad query will need --model)")
-          + (f"; {bad} NaN descriptor(s) left out" if bad else ""))
+          + _built_line(built))
     return 0
 
 
 def _build(args) -> int:
-    from netvlad.cli.eval_cmd import feature_dim
-    from netvlad.data import load_dataset
-    from netvlad.index import build_index
+    from netvlad.cli.options import feature_dim
+    from netvlad.index import build_index_from_files
 
-    model = None
-    if args.model:
-        from netvlad.weights import load_model
-
-        model = load_model(args.model)
-    dim = feature_dim(args.dim, None)
-    if dim is None and model is not None:
-        dim = int(model.out_dim)
-    ds = load_dataset(args.dataset) if args.dataset else None
-    feats = _read_database(args, dim, ds)
-    attrs = feats.attrs
-    kept, dropped = feats.finite()
-    if not len(kept):
-        raise CLIError(
-            f"{args.features[0]}: all {len(feats)} descriptors are NaN (images that failed extraction)"
-        )
-    if dropped:
-        log.warning(
-            "%s: %d NaN descriptor(s) (images that failed extraction) left out of the index: %s",
-            " ".join(map(str, args.features)),
-            len(dropped),
-            ", ".join(dropped[:5]) + (" ..." if len(dropped) > 5 else ""),
-        )
-    names, desc = kept.names, kept.descriptors
-    utm, zone = (None, None)
-    if args.dataset:
-        utm, zone = _attach_coordinates(names, args.dataset, ds)
-    meta = _index_meta(args, feats.fingerprint, attrs, zone, model)
-    model_ref = meta["model"]
-    params = {
-        "nlist": args.nlist,
-        "nprobe": args.nprobe,
-        "pq_m": args.pq_m,
-        "refine_k_factor": args.k_factor,
-        "hnsw_m": args.hnsw_m,
-        "ef_search": args.ef_search,
-        "train_size": args.train_size,
-    }
-    try:
-        index = build_index(
-            desc, args.type, names=names, utm=utm, meta=meta, **({} if args.type == "exact" else params)
-        )
-    except ValueError as exc:
-        raise CLIError(f"{args.features[0]}: {exc}") from exc
-    index.save(args.out, overwrite=args.overwrite)
-    print(
-        f"{args.out}: {args.type} index of {index.ntotal} {index.dim}-D descriptors"
-        f"{' with coordinates' if utm is not None else ''}"
-        + (f", model {model_ref}" if model_ref else ", no model recorded (netvlad query will need --model)")
-        + (f"; {len(dropped)} NaN descriptor(s) left out" if dropped else "")
-    )
+    built = build_index_from_files(
+        args.features, args.out, args.type, names_file=args.names, dim=feature_dim(args.dim, None),
+        options={"names_file": "--names", "model": f"--model {args.model}"}, nlist=args.nlist,
+        nprobe=args.nprobe, pq_m=args.pq_m, refine_k_factor=args.k_factor, hnsw_m=args.hnsw_m,
+        ef_search=args.ef_search, train_size=args.train_size, **_build_inputs(args))
+    print(f"{args.out}: {args.type} index of {built.index.ntotal} {built.index.dim}-D descriptors"
+          + _built_line(built))
     return 0
 
 
@@ -393,9 +289,7 @@ def run_query(args) -> int:
 
     # Describe the photos at the resolution the database was extracted at.
     if args.rerank:
-        from netvlad.cli.eval_cmd import rerank_photos
-
-        res = rerank_photos(args, index, model, image_settings(args, exif_default=True), prior)
+        res = _rerank_photos(args, index, model, image_settings(args, exif_default=True), prior)
     else:
         res = search_images(index, model, list(args.images), args.k, args.device, args.batch_size,
                             index_max_side(index), prior=prior, **image_settings(args, exif_default=True))
@@ -412,6 +306,29 @@ def run_query(args) -> int:
     for r in res:
         _print_result(r)
     return 0
+
+
+def _rerank_photos(args, index, model, settings: dict, prior) -> list[dict]:
+    """`netvlad query --rerank`: describe the photos, search the top --rerank-top, re-rank, keep --k."""
+    from netvlad.rerank import rerank_photo_results
+    from netvlad.serve import describe_images, index_max_side, localize_descriptors
+
+    if args.rerank_top < 1:
+        raise CLIError(f"--rerank-top must be >= 1, got {args.rerank_top}")
+    if index.names is None:
+        raise CLIError(f"{args.index} stores no image names: re-ranking needs them")
+    need = "--db-patches" if args.rerank == "patch" else "--db-features"
+    if getattr(args, need[2:].replace("-", "_")) is None:
+        raise CLIError(f"--rerank {args.rerank} needs {need} FILE (see --help)")
+    labels = [str(p) for p in args.images]
+    max_side = index_max_side(index)
+    desc = describe_images(model, args.images, args.device, args.batch_size, max_side, **settings)
+    res = localize_descriptors(index, desc, max(args.k, args.rerank_top), labels, [prior] * len(labels))
+    return rerank_photo_results(
+        res, desc, args.images, index, model, args.rerank, args.k, top_n=args.rerank_top,
+        db_features=args.db_features, db_patches=args.db_patches, scorer=args.patch_scorer,
+        device=args.device, max_side=max_side, model_label=args.model or "the index",
+        options={"db_features": "--db-features", "db_patches": "--db-patches"}, **settings)
 
 
 def _print_result(r: dict) -> None:

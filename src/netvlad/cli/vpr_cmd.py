@@ -83,11 +83,10 @@ def run_benchmark_vpr(args) -> int:
     """`netvlad benchmark vpr`."""
     from netvlad._outputs import check_distinct, check_output_file, png_text
     from netvlad.cli.eval_cmd import is_report
-    from netvlad.cli.extract_cmd import model_reference
     from netvlad.extract import ExtractConfig
     from netvlad.retrieval import benchmark_vpr, plot_vpr
     from netvlad.retrieval.vpr import PLOT_TAG as VPR_PLOT_TAG
-    from netvlad.weights import load_model
+    from netvlad.weights import load_model, model_reference
 
     if any(n < 1 for n in args.ns):
         raise CLIError(f"--ns must be positive, got {args.ns}")

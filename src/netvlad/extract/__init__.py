@@ -18,7 +18,8 @@ workers that use one thread each, and glibc malloc tuning (:func:`tune_malloc`).
 Parts: ``config`` (settings), ``sizing`` (the pixel bound and memory estimates), ``batches`` (the
 size-bucketed batch plan and image decoding), ``run`` (batched extraction), ``single`` (one image),
 ``shard`` / ``merge`` / ``distributed`` (several processes or machines: shards of whole batches,
-their merge, torchrun ranks), ``patches`` (Patch-NetVLAD patch features).
+their merge, torchrun ranks), ``patches`` (Patch-NetVLAD patch features), ``jobs`` (the files one
+``netvlad extract`` run writes: a folder's images, a dataset's splits).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from netvlad.extract.config import (
     tune_malloc,
 )
 from netvlad.extract.distributed import RankFailedError, extract_distributed, init_distributed
+from netvlad.extract.jobs import ExtractJob, dataset_jobs, folder_job
 from netvlad.extract.merge import merge_shards
 from netvlad.extract.patches import (
     PATCH_PRESETS,
@@ -53,6 +55,7 @@ __all__ = [
     "OVERSIZE_MODES",
     "PATCH_PRESETS",
     "ExtractConfig",
+    "ExtractJob",
     "ModelImageReader",
     "PatchConfig",
     "RankFailedError",
@@ -60,6 +63,7 @@ __all__ = [
     "compute_descriptors",
     "compute_patches",
     "compute_representation",
+    "dataset_jobs",
     "default_num_workers",
     "estimate_forward_bytes",
     "estimate_patch_bytes",
@@ -67,6 +71,7 @@ __all__ = [
     "extract_features",
     "extract_patches",
     "extract_shard",
+    "folder_job",
     "fit_size",
     "forward_bytes_per_pixel",
     "init_distributed",

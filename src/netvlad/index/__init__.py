@@ -7,13 +7,21 @@ are not unit-norm; the exact search also ranks by squared L2 (``metric="l2"``), 
 uses so that any feature file is ranked as the original ranks it. Ties are broken by database
 index (smaller index first), so results are deterministic whatever the block size.
 
-Indexes larger than RAM (IVF lists on disk, built source by source) are in
+:mod:`netvlad.index.build` turns feature files into a saved index (what ``netvlad index build``
+does). Indexes larger than RAM (IVF lists on disk, built source by source) are in
 :mod:`netvlad.index.ondisk`. FAISS is imported lazily, only by :func:`build_index` /
 :func:`load_index`, and only for the FAISS index kinds (``kind="exact"`` needs nothing but numpy/torch).
 """
 
 from __future__ import annotations
 
+from netvlad.index.build import (
+    IndexBuild,
+    build_index_from_files,
+    build_ondisk_index_from_files,
+    dataset_coordinates,
+    index_meta,
+)
 from netvlad.index.exact import check_unit_norm, l2_normalize, topk
 from netvlad.index.faiss_index import INDEX_KINDS, IndexConfig, SearchIndex, build_index, load_index
 from netvlad.index.ondisk import ONDISK_KINDS, OnDiskIndex, load_ondisk_index
@@ -24,4 +32,6 @@ __all__ = [
     "INDEX_KINDS", "IndexConfig", "SearchIndex", "build_index", "check_unit_norm", "l2_normalize",
     "load_index", "pairs_from_retrieval", "topk",
     "ONDISK_KINDS", "OnDiskIndex", "build_ondisk_index", "load_ondisk_index",
+    "IndexBuild", "build_index_from_files", "build_ondisk_index_from_files", "dataset_coordinates",
+    "index_meta",
 ]

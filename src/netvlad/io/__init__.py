@@ -27,6 +27,15 @@ Every feature file goes through this subpackage; the other h5py users read MATLA
 
 from __future__ import annotations
 
+from netvlad.io.compare import (
+    FeaturePair,
+    MixedModelsError,
+    check_same_model,
+    load_database_features,
+    load_db_and_queries,
+    load_named_features,
+)
+from netvlad.io.export import EXPORT_FORMATS, export_features
 from netvlad.io.features import (
     FORMAT,
     VERSION,
@@ -54,13 +63,16 @@ from netvlad.io.rows import FeatureRows, open_feature_rows
 from netvlad.io.writer import FeatureWriter, OutputStatus, output_status
 
 __all__ = [
+    "EXPORT_FORMATS",
     "FORMAT",
     "VERSION",
     "FeatureFileError",
     "FeatureIdentity",
+    "FeaturePair",
     "FeatureRows",
     "FeatureWriter",
     "GlobalFeatures",
+    "MixedModelsError",
     "NAMELESS_SOURCES",
     "OutputStatus",
     "PATCH_FORMAT",
@@ -68,9 +80,14 @@ __all__ = [
     "PatchWriter",
     "SOURCES",
     "align_features",
+    "check_same_model",
+    "export_features",
     "export_hloc",
     "feature_file_kind",
+    "load_database_features",
+    "load_db_and_queries",
     "load_global_features",
+    "load_named_features",
     "names_sha256",
     "open_feature_rows",
     "output_status",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from netvlad.metrics.ap import average_precision, evaluate_map, mean_average_precision, precision_at_k
 from netvlad.metrics.evaluate import (
+    RANK_SAMPLE,
     dataset_rank_loss,
     dataset_rules,
     evaluate,
@@ -42,7 +43,7 @@ from netvlad.metrics.msls import (
     read_predictions,
     write_predictions,
 )
-from netvlad.metrics.plot import PLOT_TAG, is_recall_plot, plot_recall_curves
+from netvlad.metrics.plot import PLOT_TAG, is_recall_plot, plot_recall_curves, read_report_curve
 from netvlad.metrics.ranking import (
     DEFAULT_NS,
     SAMPLE_SEED,
@@ -55,14 +56,18 @@ from netvlad.metrics.ranking import (
     recall_at_n,
     sample_queries,
 )
-from netvlad.metrics.result import RecallResult
+from netvlad.metrics.result import RecallResult, bad_descriptor_lines, format_recall_table
 
 __all__ = [
     "dataset_rank_loss",
     "PLOT_TAG",
     "RecallResult",
+    "bad_descriptor_lines",
+    "format_recall_table",
     "is_recall_plot",
     "plot_recall_curves",
+    "read_report_curve",
+    "RANK_SAMPLE",
     "DEFAULT_NS",
     "MSLS_KS",
     "PREDICTIONS_HEADER",

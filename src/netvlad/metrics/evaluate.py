@@ -20,6 +20,8 @@ from netvlad.protocol import RETRIEVE_FACTOR, apply_rules, ranking_rules
 # Over-fetch factors of the MATLAB nnSearchPostprocess implementations.
 DEDUP_OVERFETCH = RETRIEVE_FACTOR["tokyo247_dedup"]
 EXCLUDE_OVERFETCH = RETRIEVE_FACTOR["tokyotm_timestamp"]
+#: Queries of the rank loss (``testCoreRank``'s nTestRankSample), drawn with seed 43.
+RANK_SAMPLE = 5000
 
 
 def evaluate(
@@ -288,7 +290,7 @@ def dataset_rank_loss(
     ds,
     db_desc: np.ndarray,
     q_desc: np.ndarray,
-    sample: int | None = 5000,
+    sample: int | None = RANK_SAMPLE,
     margin: float = 0.1,
     num_negatives: int = 1000,
     crop_dim: int | None = None,

@@ -1,7 +1,9 @@
-"""The recall@N curves plot (``netvlad evaluate --plot``, ``netvlad plot``, the demo): one function."""
+"""The recall@N curves plot (``netvlad evaluate --plot``, ``netvlad plot``, the demo): one plotter, and
+the curve of a saved ``evaluate --report``."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -57,3 +59,28 @@ def plot_recall_curves(curves: Curves, out: str | Path, title: str = "recall@N")
 def is_recall_plot(path: str | Path) -> bool:
     """A PNG written by `plot_recall_curves` (its `PLOT_TAG`)."""
     return png_text(path).get(PLOT_TAG[0]) == PLOT_TAG[1]
+
+
+def read_report_curve(path: str | Path) -> tuple[str, list[int], list[float]]:
+    """The recall@N curve of a report written by ``netvlad evaluate --report`` (what ``netvlad plot`` draws).
+
+    Args:
+        path: the JSON report.
+
+    Returns:
+        (label: the report's, else the file's stem; Ns ascending; recall fractions), a triple
+        `plot_recall_curves` takes.
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: not an evaluate report (no 'recall' object).
+    """
+    path = Path(path)
+    try:
+        rep = json.loads(path.read_text())
+        recall = rep["recall"]
+        ns = sorted(int(n) for n in recall)
+        return rep.get("label") or path.stem, ns, [float(recall[str(n)]) for n in ns]
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{path}: report not found") from exc
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"{path}: not an evaluate report (needs a 'recall' object): {exc}") from exc

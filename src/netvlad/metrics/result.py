@@ -104,6 +104,8 @@ class RecallResult:
                 c: {"num_queries": v["num_queries"], "recall": {str(n): v["recall"][n] for n in ns}}
                 for c, v in self.by_condition.items()
             }
+        if self.rank_loss is not None:
+            report["rank_loss"] = self.rank_loss
         report["queries"] = [self._query_row(ds, j) for j in range(len(self.query_indices))]
         report.update(protocol_report(self.as_dict(), ds.query_images))
         return report
@@ -125,3 +127,52 @@ class RecallResult:
     def dumps(self, ds, label: str, db_features, query_features=None) -> str:
         """`to_json` as the text ``evaluate --report`` writes."""
         return json.dumps(self.to_json(ds, label, db_features, query_features), indent=1) + "\n"
+
+
+def format_recall_table(recall: dict, by_condition: dict | None = None) -> str:
+    """The recall@N table ``netvlad evaluate`` prints: one row per N, a column per condition.
+
+    Args:
+        recall: {N: fraction} over all queries; by_condition: {label: {"recall": {N: fraction}}}.
+
+    Returns:
+        the table's lines joined by newlines (percentages with two decimals).
+    """
+    cols = ["all", *(by_condition or {})]
+    lines = ["     N " + "".join(f"{c:>9}" for c in cols)]
+    for n in recall:
+        vals = [recall[n], *(by_condition[c]["recall"][n] for c in cols[1:])] if by_condition else [recall[n]]
+        lines.append(f"{n:>6} " + "".join(f"{100 * v:>8.2f}%" for v in vals))
+    return "\n".join(lines)
+
+
+def _first_names(names: list[str], n: int = 5) -> str:
+    return ", ".join(names[:n]) + (" ..." if len(names) > n else "")
+
+
+def bad_descriptor_lines(result: RecallResult | dict, ds) -> list[str]:
+    """What an evaluation says about images that failed extraction (NaN descriptors), if any.
+
+    Args:
+        result: a `RecallResult`, or the dict `evaluate_dataset` returns.
+        ds: the evaluated `PlaceDataset` (names of queries and database images).
+
+    Returns:
+        up to two lines (failed queries, counted as failures; failed database images, never
+        retrieved), each naming the first five images; [] when every descriptor is finite.
+    """
+    res = result.as_dict() if isinstance(result, RecallResult) else result
+    lines = []
+    bq = [ds.query_images[int(i)] for i in res.get("bad_queries", [])]
+    bd = [ds.db_images[int(i)] for i in res.get("bad_db", [])]
+    if bq:
+        lines.append(
+            f"{len(bq)} of {res['num_queries']} queries have NaN descriptors (images that failed "
+            f"extraction), counted as failures: {_first_names(bq)}"
+        )
+    if bd:
+        lines.append(
+            f"{len(bd)} of {res['num_db']} database images have NaN descriptors (images that failed "
+            f"extraction), never retrieved: {_first_names(bd)}"
+        )
+    return lines

@@ -13,6 +13,8 @@ build one with :func:`build_reranker`.
 - :mod:`netvlad.rerank.expansion`: :func:`aqe`, :func:`dba`, :func:`k_reciprocal` and
   :class:`GlobalReranker` on global descriptors.
 - :mod:`netvlad.rerank.prior`: a GPS fix with its uncertainty gating or re-weighting candidates.
+- :mod:`netvlad.rerank.files`: re-rankers built from feature and patch files (what ``evaluate
+  --rerank`` and ``query --rerank`` do).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from netvlad.rerank.expansion import (
     reorder,
     rescore,
 )
+from netvlad.rerank.files import open_patch_file, rerank_photo_results, reranker_from_files
 from netvlad.rerank.matching import (
     fuse_scales,
     homographies,
@@ -66,11 +69,14 @@ __all__ = [
     "k_reciprocal",
     "k_reciprocal_distances",
     "mutual_nn",
+    "open_patch_file",
     "patch_scores",
     "ransac_inliers",
     "ransac_score",
     "reorder",
+    "rerank_photo_results",
     "rerank_results",
+    "reranker_from_files",
     "rescore",
     "spatial_score",
 ]

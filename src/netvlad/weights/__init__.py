@@ -28,6 +28,7 @@ from netvlad.weights.pretrained import (
     get_weights,
     load_model,
     load_pretrained,
+    model_reference,
     published,
 )
 
@@ -50,6 +51,7 @@ __all__ = [
     "load_catalogue",
     "load_model",
     "load_pretrained",
+    "model_reference",
     "packaged_catalogue_path",
     "published",
     "resolve_catalogue",

@@ -237,6 +237,20 @@ def load_model(
     return _models.load_model(name_or_path, device=device, weights=weights)
 
 
+def model_reference(model: str) -> str:
+    """What to record so that a later command can rebuild ``model`` (a MODEL argument of
+    :func:`load_model`): a preset or published-weights name as is (resolved as ``load_model`` does:
+    an existing file wins), a checkpoint as an absolute path, so the reference still works from
+    another working directory.
+
+    Returns:
+        the name, or the checkpoint's absolute path.
+    """
+    if (model in PRESETS or published(model) is not None) and not Path(model).exists():
+        return model
+    return str(Path(model).resolve())
+
+
 # --------------------------------------------------------------------------- steps
 
 
