@@ -171,7 +171,7 @@ def build_ondisk_index_from_files(features: Sequence[str | Path], out: str | Pat
             dataset, parameters the kind refuses.
     """
     from netvlad import io
-    from netvlad.index.ondisk import build_ondisk_index
+    from netvlad.index.ondisk_build import build_ondisk_index
 
     for f in features:
         if io.feature_file_kind(f) != "netvlad":
