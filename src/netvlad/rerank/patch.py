@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from netvlad.rerank.matching import fuse_scales, mutual_nn, ransac_score, spatial_score
 
@@ -69,14 +70,17 @@ def patch_scores(query: Patches, candidates: Sequence[Patches], scales: Sequence
     """
     config = config or PatchMatchConfig()
     per = np.zeros((len(candidates), len(scales)))
-    for c, cand in enumerate(candidates):
-        for s, ((qd, qp), (dd, dp), (size, stride)) in enumerate(zip(query, cand, scales)):
-            qi, di = mutual_nn(qd, dd)
-            if config.scorer == "spatial":
-                per[c, s] = spatial_score(qp, dp, qi, di, stride)
-            else:
-                per[c, s] = ransac_score(qp, dp, qi, di, size, stride, config.ransac_threshold,
-                                         config.ransac_iters, config.seed)
+    # Each similarity matrix is tiny (~100 × 100 patches): a multi-threaded BLAS only adds thread
+    # hand-offs, which cost 40× the product itself on a loaded 2-core machine (benchmarks/rerank.py).
+    with threadpool_limits(1, user_api="blas"):
+        for c, cand in enumerate(candidates):
+            for s, ((qd, qp), (dd, dp), (size, stride)) in enumerate(zip(query, cand, scales)):
+                qi, di = mutual_nn(qd, dd)
+                if config.scorer == "spatial":
+                    per[c, s] = spatial_score(qp, dp, qi, di, stride)
+                else:
+                    per[c, s] = ransac_score(qp, dp, qi, di, size, stride, config.ransac_threshold,
+                                             config.ransac_iters, config.seed)
     return fuse_scales(per, config.weights)
 
 
