@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from netvlad.index import build_index
-from netvlad.rerank.prior import PositionPrior, apply_prior, search_with_prior, utm_latlon
+from netvlad.rerank.prior import DEFAULT_WEIGHT, PositionPrior, apply_prior, search_with_prior, utm_latlon
 
 
 def _oracle(scores, ids, db_utm, e, n, radius, gate, weight, k):
@@ -119,7 +119,8 @@ def test_query_near_radius_cli(tmp_path, capsys):
     fix = np.array(near["prior"]["utm"])
     want = sorted(
         (
-            (r["score"] - 0.05 * float(np.sum((np.array(r["utm"]) - fix) ** 2)) / (2 * 11**2), r["name"])
+            (r["score"] - DEFAULT_WEIGHT * float(np.sum((np.array(r["utm"]) - fix) ** 2)) / (2 * 11**2),
+             r["name"])
             for r in plain["results"]
             if r["name"] in (names[2], names[6])
         ),
