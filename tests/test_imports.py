@@ -41,7 +41,7 @@ ALLOWED = {
     "extract": {"models", "data", "io", "layers"},
     "retrieval": {"metrics", "index", "extract", "models", "data", "io"},
     "rerank": {"layers", "index", "geo", "io", "extract"},
-    "serve": {"extract", "index", "rerank", "metrics"},
+    "serve": {"extract", "index", "rerank", "metrics", "data"},
     "train": {
         "models", "layers", "backbones", "data", "geo", "extract", "io", "mining", "losses",
         "index", "metrics", "whitening", "weights", "convert",

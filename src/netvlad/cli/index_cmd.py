@@ -209,29 +209,6 @@ def _build(args) -> int:
     return 0
 
 
-def db_image_paths(index, db_root: Path | None, index_path: Path) -> dict[str, Path] | None:
-    """Database image name → file, for thumbnails: under ``db_root``, else where the dataset the
-    index was built with (``--dataset``) puts them; None when neither is known."""
-    if index.names is None:
-        return None
-    if db_root is not None:
-        if not db_root.is_dir():
-            raise CLIError(f"--db-root {db_root}: not a folder")
-        return {n: db_root / n for n in index.names}
-    spec = index.meta.get("dataset")
-    if not spec:
-        return None
-    from netvlad.data import load_dataset
-
-    try:
-        ds = load_dataset(spec)
-    except (OSError, ValueError) as exc:
-        log.warning("%s: its dataset %s cannot be read (%s): no database thumbnails; pass --db-root",
-                    index_path, spec, exc)
-        return None
-    return dict(zip(ds.db_images, ds.db_paths()))
-
-
 def _parse_near(text: str) -> tuple[float, float]:
     try:
         lat, lon = (float(v) for v in text.split(","))
@@ -294,6 +271,7 @@ def run_query(args) -> int:
         res = search_images(index, model, list(args.images), args.k, args.device, args.batch_size,
                             index_max_side(index), prior=prior, **image_settings(args, exif_default=True))
     if args.html is not None:
+        from netvlad.serve.localize import db_image_paths
         from netvlad.serve.report import write_query_report
 
         page = write_query_report(args.html, res, list(args.images), index,

@@ -94,9 +94,9 @@ def run_serve(args) -> int:
             f'the service needs the serve extra ({exc.name} is missing): pip install "netvlad[serve]"'
         ) from exc
     from netvlad.cli.extract_cmd import image_settings
-    from netvlad.cli.index_cmd import db_image_paths
     from netvlad.index import load_index
     from netvlad.serve import check_model_for_index, index_max_side
+    from netvlad.serve.localize import db_image_paths
     from netvlad.weights import load_model
 
     token = args.token or os.environ.get(TOKEN_ENV) or None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from netvlad.serve.localize import (
     check_model_for_index,
+    db_image_paths,
     describe_images,
     index_max_side,
     index_summary,
@@ -22,6 +23,7 @@ from netvlad.serve.localize import (
 
 __all__ = [
     "check_model_for_index",
+    "db_image_paths",
     "describe_images",
     "index_max_side",
     "index_summary",

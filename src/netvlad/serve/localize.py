@@ -3,12 +3,15 @@ build the result object that ``netvlad query --json`` prints and ``POST /localiz
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from netvlad.rerank.prior import PositionPrior, search_with_prior, utm_latlon
+
+log = logging.getLogger(__name__)
 
 
 def check_model_for_index(index, model, ref: str, index_path: str | Path) -> None:
@@ -172,3 +175,41 @@ def index_summary(index, model_ref: str | None = None) -> dict:
             area["latlon_bounds"] = utm_latlon(np.stack([lo, hi]), out["zone"])
         out["area"] = area
     return out
+
+
+def db_image_paths(index, db_root: str | Path | None = None,
+                   index_path: str | Path = "the index") -> dict[str, Path] | None:
+    """Database image name → file, for thumbnails and reports.
+
+    Args:
+        index: a loaded index (its ``names`` and ``meta["dataset"]``).
+        db_root: the folder the names are relative to; None: where the dataset the index was built
+            with (``index build --dataset``) puts them.
+        index_path: how warnings name the index.
+
+    Returns:
+        A dict over the index's names, or None when neither source is known (or the dataset cannot
+        be read: a warning says so).
+
+    Raises:
+        NotADirectoryError: ``db_root`` is not a folder.
+    """
+    if index.names is None:
+        return None
+    if db_root is not None:
+        db_root = Path(db_root)
+        if not db_root.is_dir():
+            raise NotADirectoryError(f"--db-root {db_root}: not a folder")
+        return {n: db_root / n for n in index.names}
+    spec = index.meta.get("dataset")
+    if not spec:
+        return None
+    from netvlad.data import load_dataset
+
+    try:
+        ds = load_dataset(spec)
+    except (OSError, ValueError) as exc:
+        log.warning("%s: its dataset %s cannot be read (%s): no database thumbnails; pass --db-root",
+                    index_path, spec, exc)
+        return None
+    return dict(zip(ds.db_images, ds.db_paths()))
