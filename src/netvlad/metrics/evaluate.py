@@ -84,9 +84,18 @@ def evaluate(
     pos = [np.asarray(positives[i], dtype=np.int64) for i in sel]
     sel_exclude = None if exclude is None else [exclude[i] for i in sel]
     ranked, db_ok, q_ok = _ranked(db, q, sel, max(ns), groups, sel_exclude, block, rerank)
+    out = _result(ranked, pos, sel, ns, db, crop_dim, sample, seed, keep, db_ok, q_ok)
+    if conditions is not None:
+        out["conditions"] = [str(conditions[i]) for i in sel]
+        out["by_condition"] = _by_condition(out["conditions"], ns, out["hits"])
+    return out
+
+
+def _result(ranked, pos, sel, ns, db, crop_dim, sample, seed, keep, db_ok, q_ok) -> dict:
+    """The dict of `evaluate` from the ranked lists (Q×≥max(ns) ids) and the positives."""
     first = first_hit_rank(ranked, pos)
     hits = (first[:, None] >= 0) & (first[:, None] < np.asarray(ns)[None, :])
-    out = {
+    return {
         "num_queries": int(len(sel)),
         "num_db": int(db.shape[0]),
         "dim": int(db.shape[1]),
@@ -103,10 +112,6 @@ def evaluate(
         "bad_queries": sel[~q_ok],
         "bad_db": np.flatnonzero(~db_ok),
     }
-    if conditions is not None:
-        out["conditions"] = [str(conditions[i]) for i in sel]
-        out["by_condition"] = _by_condition(out["conditions"], ns, hits)
-    return out
 
 
 def _ranked(db, q, sel, n_top: int, groups, exclude, block, rerank):
