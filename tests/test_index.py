@@ -306,6 +306,33 @@ def test_topk_refuses_nan_rows(backend):
         topk(qb, db, 3, backend=backend)
 
 
+@pytest.mark.parametrize("backend", ["faiss", "numpy", "torch"])
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+@pytest.mark.parametrize("nq", [1, 70])  # 1: the tall GEMM path; 70: query chunk × block
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_topk_refuses_one_nonfinite_element(backend, metric, nq, value):
+    # The numpy/torch backends find bad rows from one query's scores, not by a pass over the block:
+    # a single NaN/±inf element must be caught wherever it is, also where that query is 0 (inf·0).
+    rng = np.random.default_rng(6)
+    db = l2_normalize(rng.standard_normal((40, 6)))
+    q = l2_normalize(rng.standard_normal((nq, 6)))
+    q[0, 3] = 0.0
+    for row, col in [(0, 0), (17, 3), (39, 5)]:
+        bad = db.copy()
+        bad[row, col] = value
+        with pytest.raises(ValueError, match=rf"database descriptors contain NaN/inf: row {row};"):
+            topk(q, bad, 3 if nq > 1 else 1, block=16, backend=backend, metric=metric)
+
+
+def test_topk_finite_rows_whose_scores_overflow_are_searched():
+    # Huge but finite rows overflow to inf scores: they are not mistaken for NaN rows.
+    db = np.array([[1e30, 1e30], [1.0, 0.0], [0.0, 1.0]], np.float32)
+    q = np.array([[1e30, 1e30]], np.float32)
+    for backend in ("numpy", "torch"):
+        _, ids = topk(q, db, 1, backend=backend)
+        assert ids[0, 0] == 0
+
+
 def test_indexes_refuse_nan_rows():
     x = np.eye(4, dtype=np.float32)
     x[2] = np.nan

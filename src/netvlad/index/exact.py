@@ -74,6 +74,19 @@ def _check_finite(x: np.ndarray, what: str, offset: int = 0) -> None:
     )
 
 
+def _check_block_scores(row0: np.ndarray, dblk, b0: int) -> None:
+    """ValueError naming the first non-finite database row of a block, from one query's scores.
+
+    ``row0`` is the block's scores (B,) against one finite query: a row holding NaN or ±inf scores
+    NaN or ±inf against any finite query, so only the rows whose score is not finite need a look
+    (a finite row whose product overflowed passes). This replaces a pass over the whole block,
+    which cost a single query 2–4× the search itself (a 1 M × 256-D block: ~300 ms against ~85 ms).
+    """
+    bad = np.flatnonzero(~np.isfinite(row0))
+    if bad.size and not np.isfinite(np.asarray(dblk[bad], dtype=np.float32)).all():
+        _check_finite(np.asarray(dblk, dtype=np.float32), "database", b0)
+
+
 def _select_stable(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the k best (score descending, id ascending) of the candidates ``scores``/``ids`` (R×C)."""
     order = np.lexsort((ids, -scores), axis=-1)[:, :k]
@@ -156,15 +169,16 @@ def _torch_block_search(k: int, device: str, tall: bool):
 
     def prepare(dblk: np.ndarray, half: np.ndarray | None):
         th = None if half is None else torch.from_numpy(half).to(dev)
-        return torch.from_numpy(np.ascontiguousarray(dblk)).to(dev), th
+        return torch.from_numpy(np.ascontiguousarray(dblk)).to(dev), th, dblk
 
     def block_topk(qc: np.ndarray, prepared, b0: int):
-        tb, th = prepared
+        tb, th, dblk = prepared
         ta = torch.from_numpy(qc).to(dev)
         if th is None:
             sc = (tb @ ta.T).T if tall else ta @ tb.T
         else:
             sc = torch.addmm(th[:, None], tb, ta.T).T if tall else torch.addmm(th[None, :], ta, tb.T)
+        _check_block_scores(sc[0].cpu().numpy(), dblk, b0)
         if k == 1:
             v, i = sc.max(dim=1, keepdim=True)  # first maximal index: ties → smaller id
             return v.cpu().numpy(), i.cpu().numpy().astype(np.int64) + b0
@@ -187,15 +201,18 @@ def _numpy_block_search(k: int, tall: bool):
 
     def block_topk(qc: np.ndarray, prepared, b0: int):
         dblk, half = prepared
-        if tall:
-            sc = dblk @ qc.T
-            if half is not None:
-                sc += half[:, None]
-            sc = np.ascontiguousarray(sc.T)
-        else:
-            sc = qc @ dblk.T
-            if half is not None:
-                sc += half[None, :]
+        # NaN/inf rows are refused just below, huge finite rows rank as they score: no warnings.
+        with np.errstate(over="ignore", invalid="ignore"):
+            if tall:
+                sc = dblk @ qc.T
+                if half is not None:
+                    sc += half[:, None]
+                sc = np.ascontiguousarray(sc.T)
+            else:
+                sc = qc @ dblk.T
+                if half is not None:
+                    sc += half[None, :]
+        _check_block_scores(sc[0], dblk, b0)
         if k == 1:
             i = sc.argmax(axis=1)[:, None]  # first maximal index: ties → smaller id
             return np.take_along_axis(sc, i, 1), i.astype(np.int64) + b0
@@ -239,10 +256,12 @@ def _block_search(backend: str, k: int, metric: str, device: str, tall: bool):
     return _numpy_block_search(k, tall)
 
 
-def _search_blocks(q, db, k, block, q_chunk, metric, prepare, block_topk, progress):
+def _search_blocks(q, db, k, block, q_chunk, metric, prepare, block_topk, progress, check_blocks):
     """Run ``block_topk`` over every (database block, query chunk); (scores Q×k, ids Q×k).
 
-    Scores are the backends' "higher is better" scores (for "l2": q·d − ‖d‖²/2).
+    Scores are the backends' "higher is better" scores (for "l2": q·d − ‖d‖²/2). With
+    ``check_blocks`` every block is checked for non-finite rows here; otherwise ``block_topk`` checks
+    its scores (:func:`_check_block_scores`).
     """
     nq, n = q.shape[0], db.shape[0]
     starts = range(0, n, block)
@@ -255,9 +274,10 @@ def _search_blocks(q, db, k, block, q_chunk, metric, prepare, block_topk, progre
     run_i = [None] * len(run_s)
     for b0 in starts:
         dblk = np.asarray(db[b0 : b0 + block], dtype=np.float32)
-        # Per block (the block is in memory anyway): a NaN row would score NaN against every
-        # query and land at an arbitrary rank, so refuse instead of returning garbage.
-        _check_finite(dblk, "database", b0)
+        # A NaN row would score NaN against every query and land at an arbitrary rank, so refuse
+        # instead of returning garbage (faiss.knn hides the scores: check the block itself).
+        if check_blocks:
+            _check_finite(dblk, "database", b0)
         # metric "l2" ranks by q·d − ‖d‖²/2 (= (‖q‖² − ‖q − d‖²)/2: ‖q‖² is constant per query).
         half = (np.float32(-0.5) * _sq_norms(dblk)) if metric == "l2" else None
         dprep = prepare(dblk, half)  # moved to the device once per block
@@ -326,7 +346,9 @@ def topk(
     # single-threaded at 20k×256 with 4 queries: 1.8 ms vs 6.8 ms for q @ block.T.
     tall = q_chunk < 64
     prepare, block_topk = _block_search(backend, k, metric, device, tall)
-    out_s, out_i = _search_blocks(q, db, k, block, q_chunk, metric, prepare, block_topk, progress)
+    out_s, out_i = _search_blocks(
+        q, db, k, block, q_chunk, metric, prepare, block_topk, progress, check_blocks=backend == "faiss"
+    )
     if metric == "l2":
         qn = _sq_norms(q)
         out_s = np.maximum(qn[:, None] - 2.0 * out_s, 0.0).astype(np.float32)
