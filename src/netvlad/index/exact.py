@@ -331,9 +331,10 @@ def topk(
         metric: "ip" (scores = inner products, descending) or "l2" (scores = squared L2
             distances, ascending; exact for unnormalised vectors too).
         backend: "numpy", "torch", "faiss" or "auto" (numpy on CPU, torch on other devices).
-            numpy's GEMM + argmax per block ran 1.3–1.8× FAISS ``IndexFlatIP``'s queries/s on the
-            AVX2 machine of benchmarks/RESULTS.md, torch's about 1.3×, while ``faiss.knn`` per block
-            (asked for k+1 to see ties at the boundary, so it takes FAISS's heap path) ran 0.7×.
+            At 1M × 256-D on the AVX-512 Xeon of benchmarks/RESULTS.md ("Search at 1 M"), numpy's
+            GEMM + argmax per block ran 1,000 queries at FAISS ``IndexFlatIP``'s rate (1.05×) and
+            one query in half its time; ``faiss.knn`` per block (asked for k+1 to see ties at the
+            boundary) 0.96× and torch 0.59× batched.
         progress: show a progress bar over database blocks.
 
     Returns:
