@@ -98,6 +98,21 @@ def test_emulated_bf16_is_warned_about(monkeypatch):
     assert precision.precision_note("fp32", "cpu") is None
 
 
+def test_native_bf16_needs_bf16_instructions_on_x86(monkeypatch):
+    # torch's own check says True on any AVX-512 CPU; oneDNN only emulates bf16 without these flags.
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
+    for flags, expected in [
+        ({"avx2"}, False),
+        ({"avx2", "avx512f", "avx512bw", "avx512vl"}, False),  # Skylake-SP
+        ({"avx2", "avx512f", "avx512_bf16"}, True),  # Cooper Lake, Zen 4/5
+        ({"avx2", "avx512f", "amx_bf16", "amx_tile"}, True),  # Sapphire Rapids
+        ({"avx2", "avx_ne_convert"}, True),  # AVX2-VNNI-2
+        (set(), True),  # no x86 flags (e.g. aarch64): torch's check decides
+    ]:
+        monkeypatch.setattr(precision, "cpu_flags", lambda f=flags: frozenset(f))
+        assert precision.native_bf16() is expected, flags
+
+
 @pytest.mark.slow
 def test_compiled_fp32_and_bf16_match_eager(model, images):
     f32 = extract.compute_descriptors(model, images, progress=False)

@@ -3,8 +3,8 @@
 Speed depends on the CPU more than on the code (numbers in benchmarks/RESULTS.md):
 
 - **bf16** is fast only where oneDNN has native bf16 kernels (AVX512_BF16, AMX-BF16, AVX2-VNNI-2).
-  On an AVX2-only CPU oneDNN emulates it and a bf16 convolution runs ~7× *slower* than fp32, so
-  :func:`precision_note` warns.
+  Elsewhere oneDNN emulates it: a bf16 convolution runs ~7× *slower* than fp32 on an AVX2-only CPU
+  and VGG-16 3× slower on an AVX-512 CPU without AVX512_BF16, so :func:`precision_note` warns.
 - **int8** (static post-training quantization of the backbone through PyTorch's FX quantization,
   ``x86`` engine: fbgemm/oneDNN) uses AMX-INT8 or VNNI where present and AVX2's 8-bit
   multiply-adds otherwise (measured 2.3× fp32 on VGG-16 on an AVX2-only CPU). Activation scales
@@ -56,8 +56,21 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+#: x86 flags of bf16 instructions oneDNN uses (AVX512_BF16, AMX-BF16, AVX-NE-CONVERT of AVX2-VNNI-2).
+BF16_FLAGS = ("avx512_bf16", "amx_bf16", "avx_ne_convert")
+
+
 def native_bf16() -> bool:
-    """True where oneDNN runs bf16 convolutions natively (not emulated through fp32)."""
+    """True where oneDNN runs bf16 convolutions natively (not emulated through fp32).
+
+    On x86 this is read from the CPU flags: torch's own check
+    (``torch.ops.mkldnn._is_mkldnn_bf16_supported``) also says True on AVX-512 CPUs without bf16
+    instructions, where oneDNN emulates bf16 (VGG-16 measured 3× slower than fp32 on a Skylake-SP
+    Xeon). Elsewhere (no x86 flags in /proc/cpuinfo) torch's check decides.
+    """
+    flags = cpu_flags()
+    if ("avx2" in flags or "avx512f" in flags) and not any(f in flags for f in BF16_FLAGS):
+        return False
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
@@ -77,7 +90,7 @@ def precision_note(precision: str, device: str | torch.device) -> str | None:
     """A warning worth printing before running ``precision`` on ``device`` here, or None."""
     dev = torch.device(device)
     if dev.type == "cpu" and precision == "bf16" and not native_bf16():
-        return ("bf16 on this CPU is emulated (no AVX512_BF16/AMX): expect it several times slower "
+        return ("bf16 on this CPU is emulated (no AVX512_BF16/AMX-BF16): expect it several times slower "
                 "than fp32; int8 or fp32 is the fast choice here")
     if dev.type == "cpu" and precision == "fp16":
         return "fp16 on CPU is very slow; use bf16 (native bf16 CPUs), int8 or fp32"
