@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
-import torch
+import os
+
+# Under pytest-xdist (`make test`: one worker per core) every worker, and every process a test starts,
+# computes on one thread: two workers of two OpenMP/BLAS threads each on two cores spent their time
+# waiting for each other's threads. Set before numpy, torch and FAISS read them.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_var] = "1"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 
 @pytest.fixture
