@@ -264,7 +264,7 @@ def town_recall(model, town: Path, precisions) -> dict[str, dict[int, float]]:
     from netvlad.index import topk
     from netvlad.metrics import recall_at_n
 
-    ds = load_dataset(str(next((town / "test").glob("*.csv"))), image_root=town / "test")
+    ds = load_dataset(str(next((town / "test").glob("*.csv"))), images=town / "test")
     out = {}
     for p in ["fp32"] + [p for p in precisions if p != "fp32"]:
         db = compute_descriptors(model, ds.db_paths(), progress=False, precision=p)

@@ -98,7 +98,7 @@ def bench_town(args) -> dict[str, list[dict]]:
     from netvlad.train import TrainConfig, fit
 
     def split(name):
-        return load_dataset(str(next((args.town / name).glob("*.csv"))), image_root=args.town / name)
+        return load_dataset(str(next((args.town / name).glob("*.csv"))), images=args.town / name)
 
     tr, va = split("train"), split("val")
     common = dict(epochs=1, lr=1e-4, num_workers=0, test0=False, n_test_rank_sample=0, recall_ns=(1, 5),
