@@ -9,7 +9,8 @@ Uses a small real preset (resnet18-netvlad, random weights) on synthetic 48×64 
 ``--town DIR`` (a ``netvlad synth-town`` folder, 320×240 images) instead compares whole training
 runs at the town's image size, repeats interleaved: the original configuration (float32 cache,
 float32 compute, mining on the full descriptors) against the fast one (float16 cache, mining on a
-PCA-reduced cache; bf16 autocast only where the CPU has native bf16, as on CUDA ``--amp``). Cost is
+PCA-reduced cache; ``amp``: bf16 autocast and bf16 cache refreshes, only where the CPU has native
+bf16). Cost is
 the wall time of ``fit`` (cache refreshes and the end-of-epoch validation included) per 1000
 training queries; quality is validation recall@1 after the epoch.
 
@@ -108,7 +109,7 @@ def bench_town(args) -> dict[str, list[dict]]:
         "original (fp32 cache, fp32)": TrainConfig(**common, cache_dtype="float32"),
         "fast (fp16 cache, PCA mining"
         + (", bf16 autocast)" if native_bf16() else "; no native bf16 here)"): TrainConfig(
-            **common, cache_dtype="float16", mining_pca_dim=args.pca_dim),
+            **common, cache_dtype="float16", mining_pca_dim=args.pca_dim, amp=native_bf16()),
     }
     out = {k: [] for k in configs}
     with tempfile.TemporaryDirectory() as tmp:

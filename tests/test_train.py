@@ -52,6 +52,40 @@ def test_schedule_matches_matlab():
         TrainConfig(cache_dtype="int8")
 
 
+def test_amp_runs_tuples_and_cache_in_bf16_and_tests_in_fp32(places, monkeypatch):
+    """--amp on CPU: the tuple forward under bf16 autocast (the convolutions see bfloat16), the
+    mining cache extracted in bf16; validation stays fp32 so that recall is comparable."""
+    import netvlad.train.cache as cache
+    from netvlad.train.tuples import embed
+
+    model = tiny_model()
+    model.head.initialized.fill_(True)  # random centres are fine for comparing precisions
+    seen = []
+    model.backbone.conv2.register_forward_hook(lambda m, inp, out: seen.append(inp[0].dtype))
+    xs = [model.preprocess.apply(np.full((48, 64, 3), v, np.uint8)) for v in (40, 120, 200)]
+    with torch.no_grad():
+        ref = embed(model, xs, "cpu", amp=False)
+        got = embed(model, xs, "cpu", amp=True)
+    assert seen == [torch.float32, torch.bfloat16]
+    assert got.dtype == torch.float32 and not torch.equal(got, ref)
+    assert torch.allclose(got, ref, atol=0.05)  # bf16 keeps ~3 significant digits
+
+    precisions = []
+    real = cache.compute_descriptors
+
+    def spy(*a, **kw):
+        precisions.append(kw["precision"])
+        return real(*a, **kw)
+
+    monkeypatch.setattr(cache, "compute_descriptors", spy)
+    train, val = places
+    for amp in (False, True):
+        cfg = _cfg(amp=amp)
+        cache.refresh_cache(model, train, np.arange(3), cfg, "cpu", progress=False)
+        cache.evaluate_places(model, val, cfg, "cpu", progress=False)
+    assert precisions == ["fp32"] * 4 + ["bf16", "bf16", "fp32", "fp32"]
+
+
 @pytest.mark.slow
 def test_training_lowers_loss_and_raises_val_recall(tmp_path):
     tr = make_places(tmp_path / "tr", n_places=20, seed=0)

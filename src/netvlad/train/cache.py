@@ -25,10 +25,11 @@ _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torc
 
 
 def _descriptors(
-    model, paths: Sequence[Path], config: TrainConfig, device, progress: bool, label: str
+    model, paths: Sequence[Path], config: TrainConfig, device, progress: bool, label: str,
+    precision: str = "fp32",
 ) -> np.ndarray:
     """N×out_dim float32 descriptors, computed in contiguous shards over ranks and all-gathered;
-    `label` names the progress bar."""
+    `label` names the progress bar, `precision` is extraction's (fp32 or bf16)."""
     rank, world = D.rank_world()
     sl = D.shard(len(paths), rank, world)
     mine_paths = list(paths)[sl]
@@ -41,6 +42,7 @@ def _descriptors(
             progress=progress and rank == 0,
             num_workers=config.num_workers,
             label=label,
+            precision=precision,
         )
     else:
         local = np.zeros((0, int(model.out_dim)), np.float32)
@@ -64,10 +66,13 @@ def refresh_cache(
     label: str = "cache refresh",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Recompute the mining cache: (db N×d, queries len(query_ids)×d) in ``config.cache_dtype``.
-    Progress bars: "`label` (database)" and "`label` (queries)"."""
+    Progress bars: "`label` (database)" and "`label` (queries)". With ``config.amp`` the cache is
+    computed in bf16 (mining only ranks distances); the tests stay fp32."""
     qpaths = train_ds.query_paths()
-    db = _descriptors(model, train_ds.db_paths(), config, device, progress, f"{label} (database)")
-    q = _descriptors(model, [qpaths[i] for i in query_ids], config, device, progress, f"{label} (queries)")
+    prec = "bf16" if config.amp else "fp32"
+    db = _descriptors(model, train_ds.db_paths(), config, device, progress, f"{label} (database)", prec)
+    q = _descriptors(model, [qpaths[i] for i in query_ids], config, device, progress, f"{label} (queries)",
+                     prec)
     if config.mining_pca_dim:
         db, q = _mining_pca(db, q, config.mining_pca_dim)
     dt = _DTYPES[config.cache_dtype]

@@ -71,7 +71,11 @@ class TrainConfig:
     cluster_images: int = _opt(500, "images for NetVLAD cluster initialisation")
     limit_batches: int | None = _opt(None, "at most N batches per epoch (smoke runs)", type=int)
     limit_queries: int | None = _opt(None, "train on a fixed random subset of N queries", type=int)
-    amp: bool = _opt(False, "CUDA autocast (bfloat16) for the tuple forward/backward")
+    amp: bool = _opt(
+        False,
+        "bfloat16 autocast for the tuple forward/backward and the mining-cache refreshes "
+        "(CUDA; on CPU fast only with native bf16: AVX512_BF16/AMX)",
+    )
     seed: int = _opt(42, "query-order seed (MATLAB rng(42 + epoch))")
     query_sampling: str = _opt(
         "auto",

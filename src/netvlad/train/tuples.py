@@ -43,6 +43,8 @@ def embed(model, tensors: list[torch.Tensor], device, amp: bool) -> torch.Tensor
 
     Args:
         tensors: preprocessed 3×H×W images (sizes may differ).
+        amp: bfloat16 autocast on ``device``'s type (CUDA or CPU); the NetVLAD layer's own
+            normalisations run in float32 under autocast.
     Returns:
         len(tensors)×out_dim float32 descriptors, rows in input order.
     """
@@ -50,11 +52,7 @@ def embed(model, tensors: list[torch.Tensor], device, amp: bool) -> torch.Tensor
     for i, t in enumerate(tensors):
         groups.setdefault(tuple(t.shape), []).append(i)
     out: list[torch.Tensor | None] = [None] * len(tensors)
-    ctx = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if amp and torch.device(device).type == "cuda"
-        else contextlib.nullcontext()
-    )
+    ctx = torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
     for idx in groups.values():
         x = torch.stack([tensors[i] for i in idx]).to(device)
         with ctx:
