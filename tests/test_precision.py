@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import h5py
 import numpy as np
 import pytest
@@ -15,7 +17,8 @@ from netvlad.models import PRESETS, create_model, init_clusters, save_model
 
 # Tolerances on the cosine between a descriptor and its fp32 twin (both L2-normalised), for this
 # tiny random VGG trunk (conv1_1..conv2_1, K=4, 32×40 images). bf16 keeps 8 mantissa bits, int8
-# per-tensor activations 7 bits (reduce_range on x86): measured minima 0.99993 and 0.99864.
+# per-tensor activations 7 bits (x86's reduce_range, on CPUs without VNNI) or 8: measured minima
+# 0.99993 and 0.99864 (7 bits).
 BF16_MIN_COS = 0.999
 INT8_MIN_COS = 0.98
 COMPILED_FP32_MAX_ABS = 1e-5
@@ -155,3 +158,55 @@ def test_int8_handles_input_size_dependent_padding():
             # Random depthwise weights with random BN statistics quantize worse than VGG's convs:
             # measured minimum 0.973.
             assert _cos(a, b).min() >= 0.95
+
+
+def test_int8_quantizes_a_relu6_input_over_the_clamp_range():
+    # Conv → BN → ReLU6 as in EfficientNet-Lite: the conv's pre-activation range (here ±~60) must
+    # not set the scale of ReLU6's output. Oracle: the float conv on the dequantized input and
+    # weights, clamped to [0, 6], rounded once to the output's grid (zero point 0, max ≤ 6).
+    import warnings
+
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    torch.backends.quantized.engine = "x86"
+    g = torch.Generator().manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8),
+                              torch.nn.ReLU6()).eval()
+    with torch.no_grad():
+        net[0].weight.normal_(0, 3.0, generator=g)
+    xs = [torch.randn(2, 3, 16, 16, generator=g) for _ in range(3)]
+    with torch.no_grad():
+        pre = torch.cat([net[1](net[0](x)) for x in xs])
+    assert pre.abs().max() > 30  # the case: a pre-activation range far beyond 6
+
+    def quantized(fix: bool):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            prepared = prepare_fx(copy.deepcopy(net), precision._qconfig_mapping(), (xs[0],))
+            changed = precision._observe_after_clamps(prepared) if fix else 0
+            with torch.no_grad():
+                for x in xs:
+                    prepared(x)
+            return convert_fx(prepared), changed
+
+    fixed, changed = quantized(True)
+    plain, _ = quantized(False)
+    assert changed == 1
+    conv = fixed.get_submodule("0")
+    q_max = 127 if precision.int8_isa() == "avx2" else 255
+    assert conv.zero_point == 0 and conv.scale * q_max <= 6.0 + 1e-6
+    quant = next(n for n in fixed.graph.nodes if n.target is torch.quantize_per_tensor)
+    scale_in, zp_in = getattr(fixed, quant.args[1].target), getattr(fixed, quant.args[2].target)
+    w, b = conv.weight().dequantize(), conv.bias()
+    with torch.no_grad():
+        for x in xs:
+            xq = torch.quantize_per_tensor(x, float(scale_in), int(zp_in), torch.quint8).dequantize()
+            ref = torch.nn.functional.conv2d(xq, w, b, padding=1).clamp(0, 6)
+            expect = (ref.clamp(max=conv.scale * q_max) / conv.scale).round() * conv.scale
+            assert (fixed(x) - expect).abs().max() <= conv.scale * 0.01 + 1e-4  # accumulation order only
+        def levels(model):  # distinct output values strictly inside ReLU6's (0, 6)
+            y = torch.cat([model(x) for x in xs])
+            return len(torch.unique(y[(y > 0) & (y < 6)]))
+
+        n_fixed, n_plain = levels(fixed), levels(plain)
+    assert n_plain <= 20 and n_fixed >= 5 * n_plain, (n_fixed, n_plain)  # without the fix: ~13 levels
