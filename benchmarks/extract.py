@@ -3,8 +3,9 @@ the same run, per precision (fp32, bf16, int8; eager and ``torch.compile`` with 
 
 - **Per-layer conv-only bound**: each of the backbone's convolutions (VGG-16: 13) timed alone at its
   own input shape (batch ``--bound-batch``, channels_last, inference mode, weights in the
-  precision's dtype; int8: a quantized conv on a quantized input); the sum of their times bounds any
-  layer-by-layer network. ReLU, pooling, NetVLAD, decoding and writing are extra.
+  precision's dtype; int8: a quantized conv on a quantized input; glibc malloc tuned as extraction
+  does); the sum of their times bounds any layer-by-layer network. ReLU, pooling, NetVLAD,
+  decoding and writing are extra.
 - **Best-shape bound**: the fastest of those layers' GFLOP/s applied to every FLOP of the network
   (what the hardware reaches on its most favourable shape; no layer-by-layer network reaches it).
 
@@ -39,7 +40,7 @@ import torch
 from PIL import Image
 
 from netvlad.data import load_image
-from netvlad.extract import ExtractConfig, compute_descriptors, extract_features
+from netvlad.extract import ExtractConfig, compute_descriptors, extract_features, tune_malloc
 from netvlad.extract.precision import int8_isa, native_bf16
 from netvlad.models import create_model, init_clusters
 
@@ -310,9 +311,13 @@ def main(argv=None) -> int:
 
     vgg = create_model("vgg16-netvlad", seed=0)
     random_clusters(vgg)
+    # Extraction tunes glibc malloc (ExtractConfig.tune_malloc); the bounds must run under the same
+    # allocator, or each large conv output (VGG's conv1 at batch 8: 629 MB) pays fresh page faults
+    # that the network does not: that made conv1_1 look 3-4x slower than it is.
+    tuned = tune_malloc()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"CPU ISA {torch.backends.cpu.get_cpu_capability()}, native bf16 {native_bf16()}, "
-          f"int8 via {int8_isa()}; load average {os.getloadavg()}")
+          f"int8 via {int8_isa()}, malloc tuned {tuned}; load average {os.getloadavg()}")
     layers = conv_layers(vgg, size)
     gflops = [conv_gflop(c, s) for _, c, s in layers]
     secs = layer_times(layers, args.precisions, args.bound_batch, args.repeats)
