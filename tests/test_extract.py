@@ -10,6 +10,7 @@ import textwrap
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from netvlad import extract, io
@@ -289,6 +290,23 @@ def test_cli_errors(model, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "raw.pt" in err and "netvlad extract: error" in err
     assert not os.path.exists(tmp_path / "f.h5")
+
+
+def test_extraction_leaves_the_models_memory_format_as_it_found_it(images):
+    # Training keeps its model channels_last on CPU between cache refreshes; extraction switches a
+    # contiguous model to channels_last for its duration only.
+    from netvlad.extract import is_channels_last
+
+    root, names = images
+    paths = [root / n for n in names]
+    m = _model()
+    assert not is_channels_last(m)
+    ref = extract.compute_descriptors(m, paths, progress=False)
+    assert not is_channels_last(m)
+    m.to(memory_format=torch.channels_last)
+    got = extract.compute_descriptors(m, paths, progress=False)
+    assert is_channels_last(m)
+    np.testing.assert_allclose(got, ref, atol=1e-5)
 
 
 def test_tune_malloc_is_idempotent():

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import netvlad.train.loop as loop
+from netvlad.extract import is_channels_last
 from netvlad.train import TrainConfig, fit, pick_best
 from train_helpers import make_places, tiny_model
 
@@ -110,7 +111,9 @@ def test_training_lowers_loss_and_raises_val_recall(tmp_path):
 
 def test_checkpoint_contents_and_fresh_run_guard(places, tmp_path):
     tr, va = places
-    run = fit(tiny_model(), tr, va, _cfg(epochs=1, cache_dtype="float32"), tmp_path / "run", progress=False)
+    model = tiny_model()
+    run = fit(model, tr, va, _cfg(epochs=1, cache_dtype="float32"), tmp_path / "run", progress=False)
+    assert is_channels_last(model)  # trained in channels_last on CPU, cache refreshes included
     ck = torch.load(run / "epoch_001.pt", weights_only=True)
     assert ck["format"] == "netvlad-checkpoint" and ck["config"]["backbone"] == "tiny"
     st = ck["extra"]["train"]

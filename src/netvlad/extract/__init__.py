@@ -45,7 +45,7 @@ from netvlad.extract.patches import (
     patch_file_for,
     patch_positions,
 )
-from netvlad.extract.run import compute_descriptors, extract_features
+from netvlad.extract.run import compute_descriptors, extract_features, is_channels_last
 from netvlad.extract.shard import ShardPlan, extract_shard, parse_shard, plan_shards, shard_path
 from netvlad.extract.single import ModelImageReader, compute_representation
 from netvlad.extract.sizing import estimate_forward_bytes, fit_size, forward_bytes_per_pixel
@@ -69,6 +69,7 @@ __all__ = [
     "estimate_patch_bytes",
     "extract_distributed",
     "extract_features",
+    "is_channels_last",
     "extract_patches",
     "extract_shard",
     "folder_job",

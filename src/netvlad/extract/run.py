@@ -31,20 +31,27 @@ def _as_dict(obj: Any) -> dict:
     return dict(obj) if isinstance(obj, dict) else {"repr": repr(obj)}
 
 
+def is_channels_last(model: torch.nn.Module) -> bool:
+    """True when the model's 4-D weights (convolutions) are in channels_last memory format."""
+    w4 = [p for p in model.parameters() if p.dim() == 4]
+    return bool(w4) and all(p.is_contiguous(memory_format=torch.channels_last) for p in w4)
+
+
 @contextlib.contextmanager
 def _prepared(model: torch.nn.Module, device: str | torch.device, channels_last: bool):
     """eval mode on ``device`` (channels_last weights) for the duration; the model is restored after."""
     was_training = model.training
     first = next(model.parameters(), None)
     orig_device = first.device if first is not None else None
+    convert = channels_last and not is_channels_last(model)
     device = torch.device(device)
     model.eval().to(device)
-    if channels_last:
+    if convert:
         model.to(memory_format=torch.channels_last)
     try:
         yield device
     finally:
-        if channels_last:
+        if convert:
             model.to(memory_format=torch.contiguous_format)
         if orig_device is not None and orig_device != device:
             model.to(orig_device)

@@ -55,6 +55,8 @@ def embed(model, tensors: list[torch.Tensor], device, amp: bool) -> torch.Tensor
     ctx = torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
     for idx in groups.values():
         x = torch.stack([tensors[i] for i in idx]).to(device)
+        if x.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
         with ctx:
             y = model(x).float()
         for j, i in enumerate(idx):
