@@ -12,7 +12,9 @@ float32 compute, mining on the full descriptors) against the fast one (float16 c
 PCA-reduced cache; ``amp``: bf16 autocast and bf16 cache refreshes, only where the CPU has native
 bf16). Cost is
 the wall time of ``fit`` (cache refreshes and the end-of-epoch validation included) per 1000
-training queries; quality is validation recall@1 after the epoch.
+training queries; quality is validation recall@1 after the epoch. The ceiling, measured before and
+after the runs: one tuple's forward+backward alone in fp32 and under bf16 autocast, whose ratio is
+the most the compute type can save.
 
     .venv/bin/python benchmarks/train.py --town /tmp/town --queries 200 --repeats 2
 """
@@ -129,6 +131,30 @@ def bench_town(args) -> dict[str, list[dict]]:
     return out
 
 
+def tuple_ceiling(args, size=(240, 320), n_images: int = 12, repeats: int = 5) -> dict[str, float]:
+    """Seconds for one training tuple's forward+backward alone (``n_images`` at ``size``, channels_last,
+    the model of ``--model``), fp32 and under bf16 autocast: their ratio is the most a faster compute
+    type can save on the tuples (median of ``repeats`` after a warm-up)."""
+    from netvlad.models import create_model
+
+    model = create_model(args.model, weights="random", seed=0)
+    model.head.initialized.fill_(True)  # random centres cost the same as trained ones
+    model.train().to(memory_format=torch.channels_last)
+    x = torch.randn(n_images, 3, *size).contiguous(memory_format=torch.channels_last)
+    out = {}
+    for name, amp in (("fp32", False), ("bf16", True)):
+        times = []
+        for _ in range(repeats + 1):
+            t0 = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                y = model(x).float()
+            (y[:1] - y[1:]).pow(2).sum().backward()
+            model.zero_grad()
+            times.append(time.perf_counter() - t0)
+        out[name] = statistics.median(times[1:])
+    return out
+
+
 def bench_mining(args) -> list[dict]:
     from netvlad.mining import MiningConfig, mine
 
@@ -176,7 +202,14 @@ def main() -> None:
     if args.town:
         print(f"Training on {args.town}, {args.model} (random weights), {args.queries} training queries, "
               f"cache refresh every {args.refresh_every}, CPU {args.threads} threads, load {os.getloadavg()}")
+        ceil = tuple_ceiling(args)
         res = bench_town(args)
+        ceil_after = tuple_ceiling(args)
+        ratios = [c["fp32"] / c["bf16"] for c in (ceil, ceil_after)]
+        print(f"Ceiling of the compute-type gain, same run: one 12-image tuple's forward+backward alone "
+              f"(240×320, channels_last) fp32 {ceil['fp32']:.2f} / {ceil_after['fp32']:.2f} s, bf16 autocast "
+              f"{ceil['bf16']:.2f} / {ceil_after['bf16']:.2f} s (before / after the runs): "
+              f"{ratios[0]:.2f}× / {ratios[1]:.2f}×")
         print("| config | s / 1000 queries median (runs) | val R@1 median (runs) |")
         print("|---|---|---|")
         for name, rs in res.items():

@@ -207,7 +207,6 @@ def _qconfig_mapping():
     32-bit accumulation (VNNI, AMX). Without VNNI, AVX2's ``vpmaddubsw`` sums pairs into int16 with
     saturation, which is why the x86 default keeps activations to 7 bits."""
     from torch.ao.quantization import QConfig, get_default_qconfig_mapping
-    from torch.ao.quantization.observer import HistogramObserver
 
     mapping = get_default_qconfig_mapping("x86")
     if int8_isa() != "avx2":

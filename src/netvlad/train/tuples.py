@@ -43,8 +43,7 @@ def embed(model, tensors: list[torch.Tensor], device, amp: bool) -> torch.Tensor
 
     Args:
         tensors: preprocessed 3×H×W images (sizes may differ).
-        amp: bfloat16 autocast on ``device``'s type (CUDA or CPU); the NetVLAD layer's own
-            normalisations run in float32 under autocast.
+        amp: bfloat16 autocast on ``device``'s type (CUDA or CPU).
     Returns:
         len(tensors)×out_dim float32 descriptors, rows in input order.
     """
