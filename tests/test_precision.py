@@ -193,7 +193,7 @@ def test_int8_quantizes_a_relu6_input_over_the_clamp_range():
     plain, _ = quantized(False)
     assert changed == 1
     conv = fixed.get_submodule("0")
-    q_max = 127 if precision.int8_isa() == "avx2" else 255
+    q_max = 255 if precision.int8_isa() in ("amx", "avx512_vnni", "avx_vnni") else 127
     assert conv.zero_point == 0 and conv.scale * q_max <= 6.0 + 1e-6
     quant = next(n for n in fixed.graph.nodes if n.target is torch.quantize_per_tensor)
     scale_in, zp_in = getattr(fixed, quant.args[1].target), getattr(fixed, quant.args[2].target)
@@ -210,3 +210,12 @@ def test_int8_quantizes_a_relu6_input_over_the_clamp_range():
 
         n_fixed, n_plain = levels(fixed), levels(plain)
     assert n_plain <= 20 and n_fixed >= 5 * n_plain, (n_fixed, n_plain)  # without the fix: ~13 levels
+
+
+@pytest.mark.parametrize("isa, bits", [("avx2", 7), ("none", 7), ("avx512_vnni", 8), ("amx", 8)])
+def test_int8_activation_bits_follow_the_cpu(monkeypatch, isa, bits):
+    # AVX2's vpmaddubsw saturates pairs into int16, so activations keep 7 bits there (x86's
+    # reduce_range); VNNI/AMX accumulate in int32 and take all 8.
+    monkeypatch.setattr(precision, "int8_isa", lambda: isa)
+    observer = precision._qconfig_mapping().global_qconfig.activation()
+    assert observer.quant_max - observer.quant_min + 1 == 2**bits

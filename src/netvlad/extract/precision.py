@@ -209,7 +209,7 @@ def _qconfig_mapping():
     from torch.ao.quantization import QConfig, get_default_qconfig_mapping
 
     mapping = get_default_qconfig_mapping("x86")
-    if int8_isa() != "avx2":
+    if int8_isa() in ("amx", "avx512_vnni", "avx_vnni"):
         default = mapping.global_qconfig
         mapping.set_global(QConfig(activation=HistogramObserver.with_args(reduce_range=False),
                                    weight=default.weight))
