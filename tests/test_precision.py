@@ -212,6 +212,7 @@ def test_int8_quantizes_a_relu6_input_over_the_clamp_range():
     assert n_plain <= 20 and n_fixed >= 5 * n_plain, (n_fixed, n_plain)  # without the fix: ~13 levels
 
 
+@pytest.mark.filterwarnings("ignore:Please use quant_min and quant_max")  # torch's own, on reduce_range
 @pytest.mark.parametrize("isa, bits", [("avx2", 7), ("none", 7), ("avx512_vnni", 8), ("amx", 8)])
 def test_int8_activation_bits_follow_the_cpu(monkeypatch, isa, bits):
     # AVX2's vpmaddubsw saturates pairs into int16, so activations keep 7 bits there (x86's
