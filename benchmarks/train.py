@@ -10,9 +10,8 @@ Uses a small real preset (resnet18-netvlad, random weights) on synthetic 48×64 
 runs at the town's image size, repeats interleaved: the original configuration (float32 cache,
 float32 compute, mining on the full descriptors) against the fast one (float16 cache, mining on a
 PCA-reduced cache; ``amp``: bf16 autocast and bf16 cache refreshes, only where the CPU has native
-bf16). Cost is
-the wall time of ``fit`` (cache refreshes and the end-of-epoch validation included) per 1000
-training queries; quality is validation recall@1 after the epoch. The ceiling, measured before and
+bf16). Cost is the wall time of ``fit`` (cache refreshes and the end-of-epoch validation included)
+per 1000 training queries; quality is validation recall@1 after the epoch. The ceiling, measured before and
 after the runs: one tuple's forward+backward alone in fp32 and under bf16 autocast, whose ratio is
 the most the compute type can save.
 
