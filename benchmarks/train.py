@@ -130,16 +130,17 @@ def bench_town(args) -> dict[str, list[dict]]:
     return out
 
 
-def tuple_ceiling(args, size=(240, 320), n_images: int = 12, repeats: int = 5) -> dict[str, float]:
-    """Seconds for one training tuple's forward+backward alone (``n_images`` at ``size``, channels_last,
-    the model of ``--model``), fp32 and under bf16 autocast: their ratio is the most a faster compute
-    type can save on the tuples (median of ``repeats`` after a warm-up)."""
+def tuple_ceiling(args, size=(240, 320), n_images: int = 12, repeats: int = 5,
+                  memory_format=torch.channels_last) -> dict[str, float]:
+    """Seconds for one training tuple's forward+backward alone (``n_images`` at ``size``, the model of
+    ``--model``, in ``memory_format`` as training on CPU), fp32 and under bf16 autocast: their ratio
+    is the most a faster compute type can save on the tuples (median of ``repeats`` after a warm-up)."""
     from netvlad.models import create_model
 
     model = create_model(args.model, weights="random", seed=0)
     model.head.initialized.fill_(True)  # random centres cost the same as trained ones
-    model.train().to(memory_format=torch.channels_last)
-    x = torch.randn(n_images, 3, *size).contiguous(memory_format=torch.channels_last)
+    model.train().to(memory_format=memory_format)
+    x = torch.randn(n_images, 3, *size).contiguous(memory_format=memory_format)
     out = {}
     for name, amp in (("fp32", False), ("bf16", True)):
         times = []
@@ -196,8 +197,18 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=200, help="with --town: training queries per run")
     ap.add_argument("--refresh-every", type=int, default=100, help="with --town: cache refresh period")
     ap.add_argument("--pca-dim", type=int, default=256, help="with --town: mining PCA dimension")
+    ap.add_argument("--tuple-only", action="store_true",
+                    help="only time one tuple's forward+backward: fp32/bf16, contiguous/channels_last")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.tuple_only:
+        print(f"{args.model}, one 12-image tuple's forward+backward at 240×320, median of 5, s")
+        for rep in range(args.repeats):
+            for fmt in (torch.contiguous_format, torch.channels_last):
+                t = tuple_ceiling(args, memory_format=fmt)
+                name = str(fmt).split(".")[-1]
+                print(f"  repeat {rep} {name:>17}: fp32 {t['fp32']:.3f}  bf16 {t['bf16']:.3f}")
+        return
     if args.town:
         print(f"Training on {args.town}, {args.model} (random weights), {args.queries} training queries, "
               f"cache refresh every {args.refresh_every}, CPU {args.threads} threads, load {os.getloadavg()}")

@@ -131,8 +131,9 @@ def _setup(model, train_ds, val_ds, cfg: TrainConfig, run_dir: Path, device, pro
         raise ValueError(f"batch_size {cfg.batch_size} < world size {world}: some ranks would have no query")
     model.to(device)
     if device.type == "cpu":
-        # oneDNN's convolutions and their backward run 14 % (fp32) to 20 % (bf16) faster on
-        # channels_last tensors (ResNet-18 tuples at 240×320, measured on a Zen 4).
+        # oneDNN's convolutions and their backward take 15 % (fp32) and 11 % (bf16) less time on
+        # channels_last tensors (ResNet-18 tuples at 240×320 on a Zen 4: benchmarks/train.py
+        # --tuple-only).
         model.to(memory_format=torch.channels_last)
     layer = resolve_backprop_from(cfg, getattr(getattr(model, "config", None), "backbone", None))
     params = freeze_for_training(model, layer, cfg.fix_layers)
